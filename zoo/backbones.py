@@ -1,0 +1,161 @@
+"""Image encoders by name, from timm or open_clip, pretrained or randomly initialised.
+
+A spec names the library and the model:
+    ``timm:<model name>[.<pretrained tag>]``  e.g. ``timm:vit_small_patch16_224.dino``, ``timm:resnet50.a1_in1k``
+    ``open_clip:<architecture>[@<pretrained tag>]``  e.g. ``open_clip:ViT-B-32@openai``, ``open_clip:RN50@openai``
+
+``open_clip:zoo-tiny-clip`` is a tiny CLIP architecture shipped with the zoo for offline tests.
+Libraries are imported only when an encoder is built.
+
+Example:
+    >>> enc = Encoder("open_clip:ViT-L-14@openai")           # downloads the weights once
+    >>> enc = Encoder("timm:vit_tiny_patch16_224", pretrained=False, image_size=32)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from zoo.errors import ZooError
+
+_SKIP_DOWNLOAD = contextvars.ContextVar("zoo_skip_pretrained_download", default=False)
+_ASSETS = Path(__file__).parent / "assets"
+LIBRARIES = ("timm", "open_clip")
+
+
+@contextlib.contextmanager
+def no_pretrained_download() -> Iterator[None]:
+    """Build encoders without their pretrained weights: the caller loads weights of its own next."""
+    token = _SKIP_DOWNLOAD.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_DOWNLOAD.reset(token)
+
+
+def want_pretrained(pretrained: bool) -> bool:
+    """Whether pretrained weights should be fetched now (False inside ``no_pretrained_download``)."""
+    return bool(pretrained) and not _SKIP_DOWNLOAD.get()
+
+
+def parse_spec(spec: str) -> tuple[str, str, str | None]:
+    """``"open_clip:ViT-B-32@openai"`` -> ``("open_clip", "ViT-B-32", "openai")``."""
+    library, sep, rest = spec.partition(":")
+    if not sep or library not in LIBRARIES or not rest:
+        raise ZooError(f"encoder spec {spec!r} must look like 'timm:<name>' or 'open_clip:<arch>[@<tag>]'")
+    name, _, tag = rest.partition("@")
+    return library, name, tag or None
+
+
+class Encoder(nn.Module):
+    """A frozen-or-trainable image encoder returning one feature vector per image.
+
+    Args:
+        spec: library and model name, see the module docstring.
+        pretrained: load the library's pretrained weights (network on first use, then the cache).
+        image_size: input size; None keeps the model's own.
+        model_kwargs: extra constructor arguments (timm) or config overrides, for tiny variants.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        pretrained: bool = True,
+        image_size: int | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.library, self.name, self.tag = parse_spec(spec)
+        kwargs = dict(model_kwargs or {})
+        if self.library == "timm":
+            self._build_timm(pretrained, image_size, kwargs)
+        else:
+            self._build_open_clip(pretrained, image_size, kwargs)
+
+    def _build_timm(self, pretrained: bool, image_size: int | None, kwargs: dict[str, Any]) -> None:
+        import timm
+        from timm.data import create_transform, resolve_model_data_config
+
+        name = self.name if self.tag is None else f"{self.name}.{self.tag}"
+        if image_size is not None and "vit" in self.name:
+            kwargs.setdefault("img_size", image_size)
+        try:
+            self.model = timm.create_model(name, pretrained=want_pretrained(pretrained), num_classes=0, **kwargs)
+        except RuntimeError as err:
+            raise ZooError(f"timm cannot build {name!r}: {err}") from err
+        config = resolve_model_data_config(self.model)
+        if image_size is not None:
+            config["input_size"] = (3, image_size, image_size)
+            config["crop_pct"] = 1.0
+        self._transform = create_transform(**config, is_training=False)
+        self.dim = int(self.model.num_features)
+        self.image_size = int(config["input_size"][-1])
+        self.text_model = None
+
+    def _build_open_clip(self, pretrained: bool, image_size: int | None, kwargs: dict[str, Any]) -> None:
+        import open_clip
+
+        if self.name.startswith("zoo-tiny") and open_clip.get_model_config(self.name) is None:
+            open_clip.add_model_config(_ASSETS)
+        tag = self.tag if want_pretrained(pretrained) else None
+        if pretrained and self.tag is None:
+            raise ZooError(f"open_clip encoder {self.spec!r} has no pretrained tag; write '{self.spec}@<tag>'")
+        if image_size is not None:
+            kwargs.setdefault("force_image_size", image_size)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(self.name, pretrained=tag, **kwargs)
+        except RuntimeError as err:
+            raise ZooError(f"open_clip cannot build {self.spec!r}: {err}") from err
+        self.model = model
+        self._transform = preprocess
+        self._tokenizer = open_clip.get_tokenizer(self.name)
+        self.dim = int(model.visual.output_dim)
+        size = model.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, tuple | list) else size)
+        self.text_model = model
+
+    @property
+    def transform(self) -> Callable[[Any], Tensor]:
+        """PIL image -> normalised tensor, the encoder's own pre-processing."""
+        return self._transform
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.library == "open_clip":
+            return self.model.encode_image(images)
+        return self.model(images)
+
+    @property
+    def text_dim(self) -> int:
+        if self.text_model is None:
+            raise ZooError(f"{self.spec} has no text encoder; use an open_clip encoder for captions")
+        return int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") else self.dim
+
+    def encode_text(self, captions: list[str]) -> Tensor:
+        """CLIP text embeddings of ``captions`` (open_clip encoders only)."""
+        if self.text_model is None:
+            raise ZooError(f"{self.spec} has no text encoder; use an open_clip encoder for captions")
+        device = next(self.model.parameters()).device
+        return self.model.encode_text(self._tokenizer(captions).to(device))
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Freeze ``module`` in eval mode and return it."""
+    module.eval()
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return module
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ["Encoder", "count_parameters", "freeze", "no_pretrained_download", "parse_spec", "want_pretrained"]

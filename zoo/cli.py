@@ -1,0 +1,257 @@
+"""The ``zoo`` command.
+
+``zoo fit|validate|test|predict`` are LightningCLI's subcommands, with ``--model`` and ``--data``
+resolved by short name through the registry (only the plugins a command names are imported).
+``--ckpt_path`` also takes a zoo checkpoint folder or ``hf-hub:org/name``; the method is then built from
+the checkpoint's ``config.json`` when no ``--model`` is given.
+
+The other subcommands (``list``, ``convert`` and those added by the Hub and the benchmark) are plain
+commands of their own, dispatched before LightningCLI sees the arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.cli import LightningCLI
+
+from zoo import registry
+from zoo.data.base import ZooDataModule
+from zoo.errors import ZooError
+from zoo.module import ZooModule, load_state
+
+TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class ExportOnFitEnd(Callback):
+    """Writes the trained method as ``<log dir>/zoo`` (config.json + model.safetensors) when fit ends."""
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero and isinstance(pl_module, ZooModule) and trainer.log_dir:
+            pl_module.save_pretrained(Path(trainer.log_dir) / "zoo")
+
+
+class ZooCLI(LightningCLI):
+    """LightningCLI over every registered method and datamodule."""
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        args = list(sys.argv[1:] if args is None else args)
+        self._zoo_ckpt = _zoo_checkpoint(args)
+        args = prepare_args(args, self._zoo_ckpt)
+        kwargs.setdefault("trainer_defaults", {"callbacks": [ExportOnFitEnd()]})
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(
+            ZooModule, ZooDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args, run=run, **kwargs
+        )
+
+    def instantiate_classes(self) -> None:
+        from zoo import backbones
+
+        # weights come from the zoo checkpoint: do not download pretrained encoders first
+        guard = backbones.no_pretrained_download() if self._zoo_ckpt else contextlib.nullcontext()
+        with guard:
+            super().instantiate_classes()
+
+    def _load_zoo_checkpoint(self) -> None:
+        if self._zoo_ckpt is None:
+            return
+        from safetensors.torch import load_file
+
+        from zoo.module import WEIGHTS_NAME
+
+        weights = self._zoo_ckpt / WEIGHTS_NAME
+        load_state(self.model, load_file(str(weights)), str(weights))
+        self.config_init[self.subcommand]["ckpt_path"] = None
+
+    def before_fit(self) -> None:
+        self._load_zoo_checkpoint()
+
+    def before_validate(self) -> None:
+        self._load_zoo_checkpoint()
+
+    def before_test(self) -> None:
+        self._load_zoo_checkpoint()
+
+    def before_predict(self) -> None:
+        self._load_zoo_checkpoint()
+
+
+def _zoo_checkpoint(args: list[str]) -> Path | None:
+    """The local folder of ``--ckpt_path`` when it is a zoo checkpoint (a folder or ``hf-hub:``)."""
+    value = _option(args, "--ckpt_path")
+    if value is None:
+        return None
+    if value.startswith("hf-hub:") or Path(value).is_dir():
+        from zoo import hub
+
+        return hub.resolve(value)
+    return None
+
+
+def _option(args: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def prepare_args(args: list[str], zoo_ckpt: Path | None = None) -> list[str]:
+    """Import the plugins ``args`` name, and describe the model of a zoo checkpoint when none is named."""
+    names: list[tuple[registry.Registry, str]] = []
+    for flag, reg in (("--model", registry.methods), ("--data", registry.datamodules)):
+        value = _option(args, flag)
+        if value is not None:
+            names.append((reg, value))
+    for i, arg in enumerate(args):
+        config = args[i + 1] if arg in ("--config", "-c") and i + 1 < len(args) else None
+        config = arg.split("=", 1)[1] if arg.startswith("--config=") else config
+        if config:
+            names += _names_in_config(Path(config))
+    for reg, name in names:
+        if name.isidentifier():  # a short name; dotted paths, files and inline YAML are jsonargparse's
+            reg.load(name)
+    if zoo_ckpt is not None and _option(args, "--model") is None and not any(
+        _names_in_config(Path(c)) for c in _configs(args)
+    ):
+        from zoo.module import CONFIG_NAME, read_config
+
+        config = read_config(zoo_ckpt / CONFIG_NAME)
+        cls = registry.methods.load(config["name"])
+        spec = {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": config["init_args"]}
+        args = [*args[:1], "--model", json.dumps(spec), *args[1:]]
+    return args
+
+
+def _configs(args: list[str]) -> list[str]:
+    out = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            out.append(args[i + 1])
+        elif arg.startswith("--config="):
+            out.append(arg.split("=", 1)[1])
+    return out
+
+
+def _names_in_config(path: Path) -> list[tuple[registry.Registry, str]]:
+    if not path.is_file():
+        return []
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ZooError(f"{path} is not valid YAML: {err}") from err
+    found = []
+    for key, reg in (("model", registry.methods), ("data", registry.datamodules)):
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, dict):
+            value = value.get("class_path")
+        if isinstance(value, str):
+            found.append((reg, value))
+    return found
+
+
+# ------------------------------------------------------------------------------------------ zoo list
+def cmd_list(argv: list[str]) -> int:
+    """Print the registered methods and datamodules."""
+    parser = argparse.ArgumentParser(prog="zoo list", description="List the registered methods and datamodules.")
+    parser.add_argument("--pretrained", action="store_true", help="list the known pretrained checkpoints instead")
+    args = parser.parse_args(argv)
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if args.pretrained:
+        from zoo import hub
+
+        return hub.print_pretrained(console)
+    methods, failed = registry.methods.load_all()
+    table = Table(title="methods")
+    for column in ("name", "task", "paper", "variants", "plugin"):
+        table.add_column(column)
+    for name, cls in methods.items():
+        title = getattr(cls, "display_name", "")
+        table.add_row(name + (f"\n({title})" if title else ""), cls.task, cls.paper, ", ".join(cls.variants),
+                      registry.methods.entries[name].dist)
+    for name, err in failed.items():
+        table.add_row(name, "[red]failed", f"[red]{err}", "", registry.methods.entries[name].dist)
+    console.print(table)
+    datamodules, dm_failed = registry.datamodules.load_all()
+    table = Table(title="datamodules")
+    for column in ("name", "task", "description", "plugin"):
+        table.add_column(column)
+    for name, cls in datamodules.items():
+        table.add_row(name, cls.task, cls.description, registry.datamodules.entries[name].dist)
+    for name, err in dm_failed.items():
+        table.add_row(name, "[red]failed", f"[red]{err}", registry.datamodules.entries[name].dist)
+    console.print(table)
+    return 0
+
+
+def cmd_convert(argv: list[str]) -> int:
+    """Convert a Lightning ``.ckpt`` into a zoo checkpoint folder."""
+    from zoo.module import convert_checkpoint
+
+    parser = argparse.ArgumentParser(
+        prog="zoo convert", description="Convert a .ckpt written by `zoo fit` into config.json + model.safetensors."
+    )
+    parser.add_argument("ckpt", help="the .ckpt file")
+    parser.add_argument("output", help="the folder to write")
+    args = parser.parse_args(argv)
+    print(convert_checkpoint(args.ckpt, args.output))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"list": cmd_list, "convert": cmd_convert}
+
+
+def register_command(name: str, fn: Callable[[list[str]], int]) -> None:
+    """Add a plain subcommand to ``zoo``."""
+    COMMANDS[name] = fn
+
+
+def _usage() -> str:
+    return (
+        "usage: zoo {" + ",".join((*TRAINER_SUBCOMMANDS, *COMMANDS)) + "} ...\n"
+        "  fit|validate|test|predict  LightningCLI: zoo fit --config configs/<method>/<variant>.yaml\n"
+        + "".join(f"  {name:<26} {(fn.__doc__ or '').strip().splitlines()[0]}\n" for name, fn in COMMANDS.items())
+        + "Run `zoo <subcommand> --help` for the options of each."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``zoo`` console script."""
+    _load_commands()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    try:
+        if argv[0] in COMMANDS:
+            return COMMANDS[argv[0]](argv[1:]) or 0
+        ZooCLI(argv)
+    except ZooError as err:
+        print(f"zoo: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _load_commands() -> None:
+    # the Hub and benchmark subcommands live beside their code; importing them registers them
+    import importlib
+
+    for module in ("zoo.hub", "zoo.bench"):
+        with contextlib.suppress(ModuleNotFoundError):
+            importlib.import_module(module)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

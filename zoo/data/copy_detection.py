@@ -1,0 +1,156 @@
+"""Copy-detection data: D-Rep parquet shards, and folders of pairs with a ``labels.csv``."""
+
+from __future__ import annotations
+
+import glob
+import random
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from zoo.data.base import PairRecord, ZooDataModule
+from zoo.errors import ZooError
+
+DREP_COLUMNS = ("Name", "Level", "generated_images", "real_images")
+LEVELS = range(6)
+
+
+def check_level(value: Any, where: str) -> int:
+    """A replication level 0..5, or a ZooError naming ``where``."""
+    try:
+        level = int(value)
+        ok = float(value) == level and level in LEVELS
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ZooError(f"{where}: level {value!r} is not an integer from 0 to 5")
+    return level
+
+
+def _image_bytes(cell: Any, where: str, column: str) -> bytes:
+    # D-Rep stores images as a struct {"bytes", "path"} (Hugging Face datasets) or as raw bytes
+    data = cell.get("bytes") if isinstance(cell, dict) else cell
+    if not isinstance(data, bytes | bytearray) or not data:
+        raise ZooError(f"{where}: missing image in column {column!r}")
+    return bytes(data)
+
+
+def read_drep_parquet(pattern: str) -> list[PairRecord]:
+    """Pairs of every parquet shard matching ``pattern`` (a path, a folder or a glob)."""
+    path = Path(pattern)
+    shards = sorted(path.glob("*.parquet")) if path.is_dir() else sorted(Path(p) for p in glob.glob(pattern))
+    if not shards:
+        raise ZooError(f"no parquet shard matches {pattern!r}")
+    records = []
+    for shard in shards:
+        try:
+            frame = pd.read_parquet(shard)
+        except Exception as err:
+            raise ZooError(f"{shard}: not a readable parquet file ({err})") from err
+        missing = [c for c in DREP_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ZooError(f"{shard}: missing column(s) {', '.join(missing)}; D-Rep shards have {', '.join(DREP_COLUMNS)}")
+        for row, item in enumerate(frame.itertuples(index=False)):
+            where = f"{shard} row {row} (Name={item.Name!r})"
+            records.append(
+                PairRecord(
+                    id=str(item.Name),
+                    level=check_level(item.Level, where),
+                    generated=_image_bytes(item.generated_images, where, "generated_images"),
+                    real=_image_bytes(item.real_images, where, "real_images"),
+                )
+            )
+    return records
+
+
+def read_pair_folder(folder: Path) -> list[PairRecord]:
+    """Pairs listed in ``folder/labels.csv`` (columns ``generated``, ``real``, ``level``, optional ``name``)."""
+    labels = folder / "labels.csv"
+    if not labels.is_file():
+        raise ZooError(f"{labels} not found")
+    frame = pd.read_csv(labels, dtype=str, keep_default_na=False)
+    missing = [c for c in ("generated", "real", "level") if c not in frame.columns]
+    if missing:
+        raise ZooError(f"{labels}: missing column(s) {', '.join(missing)}")
+    records = []
+    for row, item in enumerate(frame.to_dict("records"), start=2):  # row 1 is the header
+        where = f"{labels} row {row}"
+        paths = {}
+        for column in ("generated", "real"):
+            if not item[column]:
+                raise ZooError(f"{where}: missing image in column {column!r}")
+            paths[column] = folder / item[column]
+            if not paths[column].is_file():
+                raise ZooError(f"{where}: {column} image {paths[column]} not found")
+        records.append(
+            PairRecord(
+                id=item.get("name") or Path(item["generated"]).stem,
+                level=check_level(item["level"], where),
+                generated=str(paths["generated"]),
+                real=str(paths["real"]),
+            )
+        )
+    return records
+
+
+class _CopyDetectionData(ZooDataModule):
+    task = "copy_detection"
+
+    def __init__(self, val_fraction: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.val_fraction = val_fraction
+
+    def read(self, split: str) -> list[PairRecord] | None:
+        raise NotImplementedError
+
+    def load_split(self, split: str) -> list[PairRecord]:
+        records = self.read(split)
+        if records is not None or split == "test":
+            return records or []
+        # no explicit validation split: hold out a seeded fraction of train
+        train = self.read("train") or []
+        held = set(random.Random(self.seed).sample(range(len(train)), int(len(train) * self.val_fraction)))
+        if split == "val":
+            return [r for i, r in enumerate(train) if i in held]
+        return [r for i, r in enumerate(train) if i not in held]
+
+
+class DRepParquet(_CopyDetectionData):
+    """D-Rep pairs in parquet shards with the columns ``Name``, ``Level``, ``generated_images``, ``real_images``.
+
+    Args:
+        train, val, test: a shard, a folder of shards or a glob, per split. Without ``val``, a seeded
+            ``val_fraction`` of train is held out.
+
+    Shards are decoded into memory (encoded image bytes, about 6 GB for the whole of D-Rep).
+    """
+
+    description = "D-Rep parquet shards"
+
+    def __init__(
+        self, train: str | None = None, val: str | None = None, test: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.paths = {"train": train, "val": val, "test": test}
+
+    def read(self, split: str) -> list[PairRecord] | None:
+        return read_drep_parquet(self.paths[split]) if self.paths[split] else None
+
+
+class PairFolder(_CopyDetectionData):
+    """Pairs in folders: ``root/<split>/labels.csv`` with columns ``generated,real,level[,name]``.
+
+    Image paths in ``labels.csv`` are relative to its folder. Without ``root/val``, a seeded
+    ``val_fraction`` of train is held out.
+    """
+
+    description = "pair folders with labels.csv"
+
+    def __init__(self, root: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root = Path(root)
+
+    def read(self, split: str) -> list[PairRecord] | None:
+        folder = self.root / split
+        return read_pair_folder(folder) if folder.is_dir() else None

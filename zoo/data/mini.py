@@ -1,0 +1,294 @@
+"""The mini suite: small, deterministic data sets built from the photographs inside scikit-image.
+
+Everything runs offline and from nothing: the first use builds a set into the cache folder
+(``$ZOO_CACHE`` or ``~/.cache/provenance-zoo``) and later uses read it back. The same seed gives the
+same files on every machine with the same Pillow and scikit-image.
+
+Each photograph is cut into three horizontal bands: the top 60% feeds train, the next 20% val and the
+last 20% test, so no pixel of a test image was seen in training.
+
+What these sets are: real photographs, and transformations of them whose ground truth is known by
+construction. What they are not: images of diffusion models, or samples of any real benchmark. A
+number measured on them checks that a method runs and learns what the set encodes; it says nothing
+about the method's accuracy in the wild.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+# The photographs that scikit-image ships inside its wheel (no download), with a caption each.
+PHOTOS: dict[str, str] = {
+    "astronaut": "an astronaut in a space suit",
+    "camera": "a man with a camera on a tripod",
+    "chelsea": "a tabby cat",
+    "coffee": "a cup of coffee on a saucer",
+    "coins": "old coins on a table",
+    "hubble_deep_field": "galaxies in deep space",
+    "immunohistochemistry": "a stained tissue sample under a microscope",
+    "moon": "the surface of the moon",
+    "page": "a page of printed text",
+    "retina": "a photograph of a human retina",
+    "rocket": "a rocket on a launch pad",
+    "text": "handwritten and printed text",
+    "clock": "a clock on a wall",
+    "cell": "a cell under a microscope",
+    "brick": "a brick wall",
+    "grass": "a patch of grass",
+    "gravel": "a patch of gravel",
+}
+BANDS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
+SIZE = 64  # side of every mini image, in pixels
+VERSION = 1  # bump when a builder changes, so old caches are not reused
+
+
+def cache_root() -> Path:
+    """Where the mini sets are built."""
+    return Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "provenance-zoo")) / "mini"
+
+
+def photo(name: str) -> Image.Image:
+    """The scikit-image photograph ``name`` as RGB."""
+    import skimage.data
+
+    array = getattr(skimage.data, name)()
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0, 1) * 255).astype(np.uint8) if array.dtype.kind == "f" else array.astype(np.uint8)
+    return Image.fromarray(array).convert("RGB")
+
+
+def band(image: Image.Image, split: str) -> Image.Image:
+    """The horizontal band of ``image`` that belongs to ``split``."""
+    top, bottom = BANDS[split]
+    return image.crop((0, int(top * image.height), image.width, int(bottom * image.height)))
+
+
+def random_box(image: Image.Image, rng: np.random.Generator, scale: tuple[float, float] = (0.6, 1.0)) -> tuple[int, ...]:
+    """A random square box inside ``image`` whose side is a fraction ``scale`` of the image's short side."""
+    short = min(image.size)
+    side = max(8, int(short * rng.uniform(*scale)))
+    x = int(rng.integers(0, image.width - side + 1))
+    y = int(rng.integers(0, image.height - side + 1))
+    return (x, y, x + side, y + side)
+
+
+def square(image: Image.Image, box: tuple[int, ...]) -> Image.Image:
+    """``box`` of ``image`` resized to the mini size."""
+    return image.crop(box).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
+
+
+def jpeg(image: Image.Image, quality: int) -> Image.Image:
+    """``image`` after a JPEG round trip at ``quality``."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def jitter(image: Image.Image, rng: np.random.Generator, amount: float) -> Image.Image:
+    """Brightness, contrast and saturation each scaled by a factor in [1 - amount, 1 + amount]."""
+    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        image = enhance(image).enhance(float(rng.uniform(1 - amount, 1 + amount)))
+    return image
+
+
+def shrink(box: tuple[int, ...], fraction: float, rng: np.random.Generator) -> tuple[int, ...]:
+    """A box keeping ``1 - fraction`` of ``box``'s side, at a random offset inside it."""
+    x0, y0, x1, y1 = box
+    side = x1 - x0
+    keep = max(8, int(side * (1 - fraction)))
+    dx, dy = (int(v) for v in rng.integers(0, side - keep + 1, size=2))
+    return (x0 + dx, y0 + dy, x0 + dx + keep, y0 + dy + keep)
+
+
+# ---------------------------------------------------------------- copy detection: the level ladder
+LADDER = {
+    5: "the same region after a JPEG round trip at quality 85 (total replication)",
+    4: "90% of the region, colours jittered by up to 10%, JPEG 75",
+    3: "75% of the region, mirrored, blurred (radius 1), colours jittered by up to 20%",
+    2: "left half of the region spliced with the right half of another photograph",
+    1: "another region of the same photograph: same subject and style, none of the content",
+    0: "a region of a different photograph",
+}
+
+
+def replicate(level: int, bands: dict[str, Image.Image], name: str, box: tuple[int, ...],
+              rng: np.random.Generator) -> Image.Image:
+    """The generated image of a pair at ``level`` for the real region ``box`` of photo ``name``."""
+    source = bands[name]
+    others = [n for n in bands if n != name]
+    if level == 5:
+        return jpeg(square(source, box), 85)
+    if level == 4:
+        return jpeg(jitter(square(source, shrink(box, 0.1, rng)), rng, 0.1), 75)
+    if level == 3:
+        image = square(source, shrink(box, 0.25, rng)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return jitter(image.filter(ImageFilter.GaussianBlur(1)), rng, 0.2)
+    if level == 2:
+        other = bands[others[int(rng.integers(len(others)))]]
+        left = np.asarray(square(source, box))
+        right = np.asarray(square(other, random_box(other, rng)))
+        return jitter(Image.fromarray(np.concatenate([left[:, : SIZE // 2], right[:, SIZE // 2 :]], axis=1)), rng, 0.1)
+    if level == 1:
+        return jitter(square(source, random_box(source, rng, (0.4, 0.7))), rng, 0.1)
+    other = bands[others[int(rng.integers(len(others)))]]
+    return square(other, random_box(other, rng))
+
+
+COPY_PAIRS_PER_LEVEL = {"train": 24, "val": 8, "test": 10}
+
+
+def build_copy_detection(root: Path, seed: int = 0) -> None:
+    """Write the mini copy-detection set as D-Rep parquet shards (``<split>.parquet``) and pair folders."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    photos = {name: photo(name) for name in PHOTOS}
+    names = list(PHOTOS)
+    for split, per_level in COPY_PAIRS_PER_LEVEL.items():
+        bands = {name: band(image, split) for name, image in photos.items()}
+        rows, folder = [], root / "pairs" / split
+        (folder / "generated").mkdir(parents=True, exist_ok=True)
+        (folder / "real").mkdir(parents=True, exist_ok=True)
+        for level in range(6):
+            for i in range(per_level):
+                name = names[(i + level) % len(names)]
+                box = random_box(bands[name], rng)
+                real = square(bands[name], box)
+                generated = replicate(level, bands, name, box, rng)
+                pair = f"{split}_{level}_{i:03d}_{name}"
+                rows.append((pair, level, _png(generated), _png(real)))
+                generated.save(folder / "generated" / f"{pair}.png")
+                real.save(folder / "real" / f"{pair}.png")
+        frame = pd.DataFrame(rows, columns=["Name", "Level", "generated_images", "real_images"])
+        frame["generated_images"] = [{"bytes": b, "path": f"{n}.png"} for n, b in zip(frame.Name, frame.generated_images, strict=True)]
+        frame["real_images"] = [{"bytes": b, "path": f"{n}.png"} for n, b in zip(frame.Name, frame.real_images, strict=True)]
+        (root / "drep").mkdir(exist_ok=True)
+        frame.to_parquet(root / "drep" / f"{split}.parquet", index=False)
+        labels = pd.DataFrame(
+            {"name": frame.Name, "generated": [f"generated/{n}.png" for n in frame.Name],
+             "real": [f"real/{n}.png" for n in frame.Name], "level": frame.Level}
+        )
+        labels.to_csv(folder / "labels.csv", index=False)
+
+
+# ---------------------------------------------------------------- fake detection: two stand-in generators
+def upsampler(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Stand-in generator A: 4x down and nearest-neighbour up, plus a fixed 4x4 periodic pattern.
+
+    It imitates the periodic up-sampling artefacts of transposed convolutions in decoders.
+    """
+    small = image.resize((SIZE // 4, SIZE // 4), Image.Resampling.BILINEAR)
+    array = np.asarray(small.resize((SIZE, SIZE), Image.Resampling.NEAREST), dtype=np.int16)
+    pattern = np.tile(np.array([[3, -3, 3, -3], [-3, 3, -3, 3], [2, -2, 2, -2], [-2, 2, -2, 2]]), (SIZE // 4, SIZE // 4))
+    return Image.fromarray(np.clip(array + pattern[..., None], 0, 255).astype(np.uint8))
+
+
+def smoother(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Stand-in generator B: over-smoothed, posterised to 5 bits, over-saturated, with fine noise.
+
+    It imitates the waxy textures and vivid colours of a denoising decoder.
+    """
+    image = ImageEnhance.Color(image.filter(ImageFilter.MedianFilter(3))).enhance(1.4)
+    array = (np.asarray(image) >> 3 << 3).astype(np.int16) + rng.normal(0, 2, (SIZE, SIZE, 3)).round().astype(np.int16)
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+GENERATORS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
+    "upsampler": upsampler,
+    "smoother": smoother,
+}
+FAKE_PER_SOURCE = {"train": 48, "val": 16, "test": 24}
+
+
+def build_fake_detection(root: Path, seed: int = 0) -> None:
+    """Write ``root/<split>/{real,upsampler,smoother}/*.png`` and ``root/<split>/captions.csv``."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    photos = {name: photo(name) for name in PHOTOS}
+    names = list(PHOTOS)
+    for split, count in FAKE_PER_SOURCE.items():
+        bands = {name: band(image, split) for name, image in photos.items()}
+        captions = []
+        for source in ("real", *GENERATORS):
+            (root / split / source).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                name = names[int(rng.integers(len(names)))]
+                image = square(bands[name], random_box(bands[name], rng))
+                if source != "real":
+                    image = GENERATORS[source](image, rng)
+                file = f"{source}/{source}_{i:03d}_{name}.png"
+                image.save(root / split / file)
+                captions.append((file, PHOTOS[name]))
+        pd.DataFrame(captions, columns=["file", "caption"]).to_csv(root / split / "captions.csv", index=False)
+
+
+# ---------------------------------------------------------------- copyright: members and hold-outs
+COPYRIGHT_COUNTS = {"pretrain": 160, "val": 8, "test": 12}  # val/test: images per class
+COPYRIGHT_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # the "artist" whose images are fine-tuned on
+
+
+def build_copyright(root: Path, seed: int = 0) -> None:
+    """Write ``root/pretrain/*.png`` and ``root/<split>/{member,holdout}/*.png``.
+
+    Members and hold-outs are different regions of the same four photographs, so only memorisation of
+    the members tells them apart. ``pretrain`` holds regions of every photograph's train band, for the
+    model that is fine-tuned.
+    """
+    rng = np.random.default_rng(seed)
+    photos = {name: photo(name) for name in PHOTOS}
+    names = list(PHOTOS)
+    (root / "pretrain").mkdir(parents=True, exist_ok=True)
+    bands = {name: band(image, "train") for name, image in photos.items()}
+    for i in range(COPYRIGHT_COUNTS["pretrain"]):
+        name = names[i % len(names)]
+        square(bands[name], random_box(bands[name], rng)).save(root / "pretrain" / f"pretrain_{i:03d}_{name}.png")
+    for split in ("val", "test"):
+        bands = {name: band(photos[name], split) for name in COPYRIGHT_PHOTOS}
+        for cls in ("member", "holdout"):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(COPYRIGHT_COUNTS[split]):
+                name = COPYRIGHT_PHOTOS[i % len(COPYRIGHT_PHOTOS)]
+                square(bands[name], random_box(bands[name], rng)).save(root / split / cls / f"{cls}_{i:03d}_{name}.png")
+
+
+BUILDERS: dict[str, Callable[[Path, int], None]] = {
+    "copy_detection": build_copy_detection,
+    "fake_detection": build_fake_detection,
+    "copyright": build_copyright,
+}
+
+
+def ensure(kind: str, root: str | Path | None = None, seed: int = 0) -> Path:
+    """The folder of mini set ``kind``, built first if it is not there yet (atomically)."""
+    target = Path(root) if root else cache_root() / f"{kind}-v{VERSION}-seed{seed}"
+    if (target / ".complete").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
+    try:
+        BUILDERS[kind](work, seed)
+        (work / ".complete").write_text("built\n")
+        if target.exists():
+            shutil.rmtree(target)
+        work.rename(target)
+    except FileExistsError:  # built meanwhile by another process
+        shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return target
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,305 @@
+"""``ZooModule``: the LightningModule every method derives from.
+
+A method implements ``predict_batch`` (a batch of its task in, predictions of its task out) and, if it
+trains, ``training_step`` and ``configure_optimizers``. The ZooModule does the rest the same way for
+every method: batch and prediction checks, the task's metrics, threshold calibration on validation for
+the binary tasks, and saving as ``config.json`` + ``model.safetensors``.
+
+Example:
+    >>> model = ZooModule.from_pretrained("runs/pdf/export")        # folder written by save_pretrained
+    >>> model = registry.load_method("PDFEmbedding").from_variant("tiny")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from zoo import backbones
+from zoo.errors import ZooError
+from zoo.tasks import TASK_NAMES, Task, get_task
+from zoo.tasks.metrics import best_accuracy_threshold
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class ZooModule(pl.LightningModule):
+    """Base class of every method.
+
+    Class attributes a method declares:
+        task: one of ``copy_detection``, ``fake_detection``, ``copyright``, ``attribution``.
+        paper: the paper it implements, as "Title (Venue Year)".
+        variants: named sets of constructor arguments; ``tiny`` is the offline test variant every method has.
+        trains: False for methods with nothing to learn by gradient descent (the harness then skips ``fit``).
+    """
+
+    task: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    trains: ClassVar[bool] = True
+    # binary tasks: the decision threshold before any calibration (for logits, 0)
+    default_threshold: ClassVar[float] = 0.0
+    # binary tasks: set False when the method decides by a rule of its own
+    calibrates_threshold: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.task and cls.task not in TASK_NAMES:
+            raise ZooError(f"{cls.__name__}.task is {cls.task!r}; it must be one of {', '.join(TASK_NAMES)}")
+
+    def __init__(self) -> None:
+        super().__init__()
+        if not self.task:
+            raise ZooError(f"{type(self).__name__} declares no task")
+        # records the subclass's constructor arguments (Lightning walks up to the subclass __init__)
+        self.save_hyperparameters()
+        spec = self.task_spec
+        self.metrics = torch.nn.ModuleDict({"val": spec.make_metrics(), "test": spec.make_metrics()})
+        if spec.binary:
+            self.register_buffer("threshold", torch.tensor(float(self.default_threshold)))
+        self._val_scores: list[Tensor] = []
+        self._val_labels: list[Tensor] = []
+
+    # ----------------------------------------------------------------- what a method implements
+    def predict_batch(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Predictions of the task's schema for one batch of the task's contract."""
+        raise NotImplementedError(f"{type(self).__name__} must implement predict_batch")
+
+    def image_transform(self) -> Callable[[Any], Tensor] | None:
+        """PIL image -> tensor pre-processing the datamodule applies for this method (None: its default)."""
+        return None
+
+    # ----------------------------------------------------------------- shared behaviour
+    @property
+    def task_spec(self) -> Task:
+        return get_task(self.task)
+
+    @classmethod
+    def from_variant(cls, variant: str, **overrides: Any) -> ZooModule:
+        """Build the named variant, with ``overrides`` on top of its arguments."""
+        if variant not in cls.variants:
+            raise ZooError(
+                f"{cls.__name__} has no variant {variant!r}; its variants are {', '.join(cls.variants) or 'none'}"
+            )
+        return cls(**{**cls.variants[variant], **overrides})
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return
+        data_task = getattr(datamodule, "task", None)
+        if data_task and data_task != self.task:
+            raise ZooError(
+                f"{type(self).__name__} is a {self.task} method but {type(datamodule).__name__} "
+                f"gives {data_task} batches"
+            )
+        transform = self.image_transform()
+        if transform is not None and hasattr(datamodule, "transform"):
+            datamodule.transform = transform
+
+    def predictions(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """``predict_batch`` checked against the task, with the binary decision filled in."""
+        spec = self.task_spec
+        spec.check_batch(batch)
+        pred = dict(self.predict_batch(batch))
+        if spec.binary and "score" in pred and "decision" not in pred:
+            pred["decision"] = (pred["score"].detach() >= self.threshold).long()
+        spec.check_prediction(pred, type(self).__name__)
+        return pred
+
+    def _evaluate(self, stage: str, batch: Mapping[str, Any]) -> dict[str, Any]:
+        pred = self.predictions(batch)
+        self.task_spec.update(self.metrics[stage], pred, batch)
+        if stage == "val" and self.task_spec.binary:
+            self._val_scores.append(pred["score"].detach().float().cpu())
+            self._val_labels.append(batch["label"].detach().cpu())
+        out: dict[str, Any] = {k: v.detach().cpu() for k, v in pred.items()}
+        out["id"] = list(batch["id"])
+        for key in ("level", "label", "source"):
+            if key in batch:
+                value = batch[key]
+                out[f"true_{key}" if key != "source" else key] = (
+                    value.detach().cpu() if isinstance(value, Tensor) else list(value)
+                )
+        return out
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._evaluate("val", batch)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._evaluate("test", batch)
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        pred = self.predictions(batch)
+        return {**{k: v.detach().cpu() for k, v in pred.items()}, "id": list(batch["id"])}
+
+    def calibrate_threshold(self, scores: Tensor, labels: Tensor) -> float:
+        """The decision threshold from validation scores; the default maximises validation accuracy."""
+        return best_accuracy_threshold(scores, labels)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.task_spec.binary and self.calibrates_threshold and self._val_scores:
+            scores, labels = torch.cat(self._val_scores), torch.cat(self._val_labels)
+            if labels.min() != labels.max():
+                self.threshold.fill_(self.calibrate_threshold(scores, labels))
+        self._val_scores.clear()
+        self._val_labels.clear()
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _log_metrics(self, stage: str) -> None:
+        values = self.metrics[stage].compute()
+        self.metrics[stage].reset()
+        logged = {f"{stage}/{k}": float(v) for k, v in values.items()}
+        if self.task_spec.binary:
+            logged[f"{stage}/threshold"] = float(self.threshold)
+        self.log_dict(logged, prog_bar=stage == "val", sync_dist=False)
+
+    # ----------------------------------------------------------------- persistence
+    def zoo_config(self) -> dict[str, Any]:
+        """What ``config.json`` holds: the registry name and the constructor arguments."""
+        return {
+            "name": type(self).__name__,
+            "task": self.task,
+            # LightningCLI adds "_class_path" and "_instantiator"; they are not constructor arguments
+            "init_args": _jsonable(
+                {k: v for k, v in self.hparams.items() if not k.startswith("_")}, type(self).__name__
+            ),
+            "format_version": FORMAT_VERSION,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory``."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(json.dumps(self.zoo_config(), indent=2, sort_keys=True) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(_untie(state), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, **kwargs: Any) -> ZooModule:
+        """Load a saved method from a folder, or from the Hub as ``hf-hub:org/name`` (see ``zoo.hub``).
+
+        Nothing is unpickled: the config is JSON and the weights are safetensors.
+        """
+        from zoo import hub
+
+        directory = hub.resolve(source, **kwargs)
+        return load_folder(directory, expect=cls)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # plain data beside Lightning's own keys, so a .ckpt converts with weights_only=True
+        checkpoint["zoo"] = self.zoo_config()
+
+
+def load_folder(directory: str | Path, expect: type | None = None) -> ZooModule:
+    """Build the method a ``save_pretrained`` folder describes and load its weights strictly."""
+    from safetensors.torch import load_file
+
+    from zoo import registry
+
+    directory = Path(directory)
+    config = read_config(directory / CONFIG_NAME)
+    cls = registry.methods.load(config["name"])
+    if expect is not None and expect is not ZooModule and not issubclass(cls, expect):
+        raise ZooError(f"{directory} holds a {cls.__name__}, not a {expect.__name__}")
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ZooError(f"{directory} has no {WEIGHTS_NAME}")
+    with backbones.no_pretrained_download():
+        model = cls(**config["init_args"])
+    load_state(model, load_file(str(weights)), str(weights))
+    return model.eval()
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Read and check a ``config.json``."""
+    if not path.is_file():
+        raise ZooError(f"{path} not found: a zoo checkpoint is a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ZooError(f"{path} is not valid JSON: {err}") from err
+    for key in ("name", "init_args"):
+        if key not in config:
+            raise ZooError(f"{path} has no {key!r} entry")
+    return config
+
+
+def load_state(model: torch.nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load ``state`` strictly, naming the first missing, unexpected or mis-shaped key."""
+    own = model.state_dict()
+    for key, value in own.items():
+        if key not in state:
+            raise ZooError(f"{source}: missing key {key!r} (expected shape {tuple(value.shape)})")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ZooError(
+                f"{source}: key {key!r} has shape {tuple(state[key].shape)}, the model expects {tuple(value.shape)}"
+            )
+    for key in state:
+        if key not in own:
+            raise ZooError(f"{source}: unexpected key {key!r}")
+    model.load_state_dict(dict(state), strict=True)
+
+
+def convert_checkpoint(ckpt_path: str | Path, directory: str | Path) -> Path:
+    """Convert a Lightning ``.ckpt`` written by ``zoo fit`` into a ``save_pretrained`` folder, losslessly."""
+    from safetensors.torch import save_file
+
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise ZooError(f"checkpoint {ckpt_path} not found")
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ZooError(f"{ckpt_path} cannot be read as a weights-only checkpoint: {err}") from err
+    if "zoo" not in checkpoint or "state_dict" not in checkpoint:
+        raise ZooError(f"{ckpt_path} was not written by a ZooModule (no 'zoo' entry)")
+    config = checkpoint["zoo"]
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    state = {k: v.contiguous() for k, v in checkpoint["state_dict"].items()}
+    save_file(_untie(state), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    return directory
+
+
+def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    # safetensors refuses tensors that share memory; copies keep every key
+    seen: set[int] = set()
+    out = {}
+    for key, value in state.items():
+        ptr = value.untyped_storage().data_ptr() if value.numel() else -1
+        out[key] = value.clone() if ptr in seen else value
+        if ptr != -1:
+            seen.add(ptr)
+    return out
+
+
+def _jsonable(args: dict[str, Any], owner: str) -> dict[str, Any]:
+    out = {}
+    for key, value in args.items():
+        try:
+            json.dumps(value)
+        except TypeError as err:
+            raise ZooError(
+                f"{owner} argument {key!r} = {value!r} is not JSON: constructor arguments must be plain data"
+            ) from err
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ZooError(f"{owner} argument {key!r} is not finite")
+        out[key] = value
+    return out

@@ -1,0 +1,11 @@
+"""Copyright authentication: was this image used to fine-tune that diffusion model? (label 1 = member).
+
+The two models, pretrained and fine-tuned, belong to the method's configuration; the batch holds the
+suspect images.
+"""
+
+from zoo.tasks.binary import binary_task
+
+TASK = binary_task(
+    "copyright", "was this image used to fine-tune that diffusion model?", positive="member", negative="hold-out"
+)
