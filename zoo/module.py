@@ -50,6 +50,10 @@ class ZooModule(pl.LightningModule):
     default_threshold: ClassVar[float] = 0.0
     # binary tasks: set False when the method decides by a rule of its own
     calibrates_threshold: ClassVar[bool] = True
+    # Trainer arguments for the ``tiny`` variant on the mini suite (the benchmark and the tests use them)
+    tiny_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 2}
+    # a short human name shown in ``zoo list`` beside the registry name, e.g. "UniversalFakeDetect"
+    display_name: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -74,9 +78,19 @@ class ZooModule(pl.LightningModule):
         """Predictions of the task's schema for one batch of the task's contract."""
         raise NotImplementedError(f"{type(self).__name__} must implement predict_batch")
 
+    # Copy-detection methods also offer, for retrieval at gallery scale:
+    #   embed(images) -> (B, D) descriptors, cosine-comparable;
+    #   pair_from_embeddings(generated_emb, real_emb) -> predictions of the task schema, so that
+    #   candidate pairs are re-ranked from stored descriptors without running the encoder again.
+
     def image_transform(self) -> Callable[[Any], Tensor] | None:
         """PIL image -> tensor pre-processing the datamodule applies for this method (None: its default)."""
         return None
+
+    @classmethod
+    def convert_released(cls, path: str | Path, **init_args: Any) -> ZooModule:
+        """Build the method from a checkpoint file released by the paper's authors (methods that have one)."""
+        raise ZooError(f"{cls.__name__} has no importer for released checkpoints")
 
     # ----------------------------------------------------------------- shared behaviour
     @property
@@ -105,6 +119,14 @@ class ZooModule(pl.LightningModule):
         transform = self.image_transform()
         if transform is not None and hasattr(datamodule, "transform"):
             datamodule.transform = transform
+
+    def artifact_dir(self) -> Path | None:
+        """A folder for images a method wants users to see (e.g. recovered images); None without a logger."""
+        if self._trainer is None or not self.trainer.log_dir:
+            return None
+        path = Path(self.trainer.log_dir) / "artifacts"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def predictions(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """``predict_batch`` checked against the task, with the binary decision filled in."""

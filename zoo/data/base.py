@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -17,6 +18,21 @@ from zoo.data.images import DEFAULT_MAX_PIXELS, ImageLimits, open_image
 from zoo.errors import ZooError
 
 SPLITS = ("train", "val", "test")
+
+
+def _jpeg75(image: Image.Image) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=75)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def _half(image: Image.Image) -> Image.Image:
+    return image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.BICUBIC)
+
+
+PERTURBATIONS: dict[str | None, Callable[[Image.Image], Image.Image] | None] = {
+    None: None, "jpeg75": _jpeg75, "half": _half,
+}
 _console = Console(stderr=True)
 
 
@@ -62,6 +78,9 @@ class ZooDataModule(pl.LightningDataModule):
         skip_bad_images: False (default): the first unreadable image stops the run with its path.
             True: every image is checked at setup, unreadable ones are left out, counted and printed.
         seed: seed of any split the datamodule draws itself.
+        perturb: degrade the test images as images suffer in the wild, for robustness rows:
+            ``jpeg75`` (JPEG re-compression at quality 75) or ``half`` (resized to half size). The
+            train and validation images are left as they are.
     """
 
     task: ClassVar[str] = ""
@@ -75,8 +94,12 @@ class ZooDataModule(pl.LightningDataModule):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         skip_bad_images: bool = False,
         seed: int = 0,
+        perturb: str | None = None,
     ) -> None:
         super().__init__()
+        if perturb not in PERTURBATIONS:
+            raise ZooError(f"perturb={perturb!r}: choose one of {', '.join(map(str, PERTURBATIONS))}")
+        self.perturb = perturb
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.limits = ImageLimits(max_pixels=max_pixels)
@@ -120,7 +143,7 @@ class ZooDataModule(pl.LightningDataModule):
         records = self.splits.get(split) or []
         if not records:
             raise ZooError(f"{type(self).__name__} has no {split} split")
-        return RecordDataset(records, self)
+        return RecordDataset(records, self, PERTURBATIONS[self.perturb] if split == "test" else None)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -164,15 +187,20 @@ def _sources(record: Any) -> list[tuple[str | bytes, str]]:
 class RecordDataset(Dataset):
     """Turns records into samples of the task's batch contract, with the datamodule's current transform."""
 
-    def __init__(self, records: Sequence[Any], owner: ZooDataModule) -> None:
+    def __init__(self, records: Sequence[Any], owner: ZooDataModule,
+                 perturb: Callable[[Image.Image], Image.Image] | None = None) -> None:
         self.records = records
         self.owner = owner
+        self.perturb = perturb
 
     def __len__(self) -> int:
         return len(self.records)
 
     def _image(self, source: str | bytes, name: str) -> Tensor:
-        return self.owner.transform(open_image(source, name, self.owner.limits))
+        image = open_image(source, name, self.owner.limits)
+        if self.perturb is not None:
+            image = self.perturb(image)
+        return self.owner.transform(image)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]

@@ -1,0 +1,34 @@
+"""Shared fixtures: a session cache for the mini sets, offline Hugging Face, small thread counts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# no test may reach the network; the Hub tests point the client at their own local server
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def zoo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every mini set is built once per session into a temporary cache."""
+    cache = Path(os.environ.get("ZOO_TEST_CACHE") or tmp_path_factory.mktemp("zoo-cache"))
+    os.environ["ZOO_CACHE"] = str(cache)
+    return cache
+
+
+def fast_trainer(**overrides):
+    """A CPU Trainer for tests: no logger, no checkpoints, no progress bar."""
+    import lightning.pytorch as pl
+
+    kwargs = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, max_epochs=1)
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
