@@ -32,3 +32,34 @@ def fast_trainer(**overrides):
                   enable_progress_bar=False, enable_model_summary=False, max_epochs=1)
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The third-party example plugin, installed with pip into a temporary target folder.
+
+    The folder is put on ``sys.path`` of this process (and returned for subprocesses' PYTHONPATH), and
+    the registries are refreshed, exactly as after a ``pip install`` of the plugin.
+    """
+    import subprocess
+    import sys
+
+    from zoo import registry
+
+    target = tmp_path_factory.mktemp("example-plugin")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+         str(target), str(ROOT / "tests" / "plugins" / "zoo_example_plugin")],
+        check=True,
+    )
+    sys.path.insert(0, str(target))
+    registry.methods.refresh()
+    registry.datamodules.refresh()
+    return target
+
+
+def subprocess_env(*paths: Path) -> dict[str, str]:
+    """The environment of a ``zoo`` subprocess with ``paths`` on its PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    return env

@@ -35,7 +35,8 @@ class ExportOnFitEnd(Callback):
     """Writes the trained method as ``<log dir>/zoo`` (config.json + model.safetensors) when fit ends."""
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero and isinstance(pl_module, ZooModule) and trainer.log_dir:
+        # only a run with a logger has a log dir of its own (without one, log_dir is the working directory)
+        if trainer.is_global_zero and isinstance(pl_module, ZooModule) and trainer.logger is not None:
             pl_module.save_pretrained(Path(trainer.log_dir) / "zoo")
 
 
@@ -168,7 +169,8 @@ def cmd_list(argv: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # piped output keeps whole rows, so that it can be searched
+    console = Console(width=None if sys.stdout.isatty() else 200)
     if args.pretrained:
         from zoo import hub
 
@@ -176,7 +178,7 @@ def cmd_list(argv: list[str]) -> int:
     methods, failed = registry.methods.load_all()
     table = Table(title="methods")
     for column in ("name", "task", "paper", "variants", "plugin"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "paper" and column != "description")
     for name, cls in methods.items():
         title = getattr(cls, "display_name", "")
         table.add_row(name + (f"\n({title})" if title else ""), cls.task, cls.paper, ", ".join(cls.variants),
@@ -187,7 +189,7 @@ def cmd_list(argv: list[str]) -> int:
     datamodules, dm_failed = registry.datamodules.load_all()
     table = Table(title="datamodules")
     for column in ("name", "task", "description", "plugin"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "paper" and column != "description")
     for name, cls in datamodules.items():
         table.add_row(name, cls.task, cls.description, registry.datamodules.entries[name].dist)
     for name, err in dm_failed.items():
@@ -245,12 +247,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load_commands() -> None:
-    # the Hub and benchmark subcommands live beside their code; importing them registers them
+    # the Hub, benchmark and gallery subcommands live beside their code; importing them registers them
     import importlib
 
-    for module in ("zoo.hub", "zoo.bench"):
-        with contextlib.suppress(ModuleNotFoundError):
+    for module in ("zoo.hub", "zoo.bench", "zoo.gallery"):
+        try:
             importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:  # a missing dependency inside it is a real error
+                raise
 
 
 if __name__ == "__main__":

@@ -33,7 +33,12 @@ def _half(image: Image.Image) -> Image.Image:
 PERTURBATIONS: dict[str | None, Callable[[Image.Image], Image.Image] | None] = {
     None: None, "jpeg75": _jpeg75, "half": _half,
 }
-_console = Console(stderr=True)
+_console = Console(stderr=True, soft_wrap=True)
+
+
+def report(message: str) -> None:
+    """Tell the user about data that was left out (stderr, never wrapped, so paths stay whole)."""
+    _console.print(message, markup=False, highlight=False)
 
 
 def default_transform(size: int) -> Callable[[Image.Image], Tensor]:
@@ -133,9 +138,9 @@ class ZooDataModule(pl.LightningDataModule):
                 skipped.append((record.id, str(err)))
         if skipped:
             self.skipped[split] = skipped
-            _console.print(f"[yellow]{type(self).__name__}: skipped {len(skipped)} of {len(records)} {split} samples:")
+            report(f"{type(self).__name__}: skipped {len(skipped)} of {len(records)} {split} samples:")
             for _, reason in skipped:
-                _console.print(f"  {reason}")
+                report(f"  {reason}")
         return kept
 
     def dataset(self, split: str) -> Dataset:

@@ -105,15 +105,17 @@ class _CopyDetectionData(ZooDataModule):
         raise NotImplementedError
 
     def load_split(self, split: str) -> list[PairRecord]:
-        records = self.read(split)
-        if records is not None or split == "test":
-            return records or []
-        # no explicit validation split: hold out a seeded fraction of train
-        train = self.read("train") or []
-        held = set(random.Random(self.seed).sample(range(len(train)), int(len(train) * self.val_fraction)))
-        if split == "val":
-            return [r for i, r in enumerate(train) if i in held]
-        return [r for i, r in enumerate(train) if i not in held]
+        if split == "test":
+            return self.read("test") or []
+        if split == "train" or not hasattr(self, "_held_out"):
+            train, val = self.read("train") or [], self.read("val")
+            if val is None:
+                # no explicit validation split: hold out a seeded fraction of train
+                held = set(random.Random(self.seed).sample(range(len(train)), int(len(train) * self.val_fraction)))
+                val = [r for i, r in enumerate(train) if i in held]
+                train = [r for i, r in enumerate(train) if i not in held]
+            self._train, self._held_out = train, val
+        return self._train if split == "train" else self._held_out
 
 
 class DRepParquet(_CopyDetectionData):

@@ -10,13 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from rich.console import Console
 
-from zoo.data.base import ImageRecord, ZooDataModule
+from zoo.data.base import ImageRecord, ZooDataModule, report
 from zoo.data.images import list_images
 from zoo.errors import ZooError
-
-_console = Console(stderr=True)
 
 
 class ImageFolders(ZooDataModule):
@@ -52,6 +49,11 @@ class ImageFolders(ZooDataModule):
         self.captions = captions
         if not self.root.is_dir():
             raise ZooError(f"data root {self.root} is not a folder")
+        for pos, neg, what in ((self.positive, self.negative, ""), (self.test_positive, self.test_negative, "test_")):
+            if not pos or not neg:
+                raise ZooError(f"{type(self).__name__}: {what}positive and {what}negative sources must both be named")
+            if set(pos) & set(neg):
+                raise ZooError(f"{type(self).__name__}: {sorted(set(pos) & set(neg))} named as both classes")
 
     def load_split(self, split: str) -> list[ImageRecord]:
         folder = self.root / split
@@ -76,13 +78,7 @@ class ImageFolders(ZooDataModule):
                         caption = captions[key]
                     records.append(ImageRecord(str(path), label, source, path=str(path), caption=caption))
         if ignored:
-            _console.print(f"[yellow]{folder}: ignored {len(ignored)} files that are not images, e.g. {ignored[0]}")
-        labels = {r.label for r in records}
-        if len(labels) < 2:
-            raise ZooError(
-                f"{folder}: the {split} split holds only label {labels.pop()} images; "
-                f"it needs both {self.positive} and {self.negative}"
-            )
+            report(f"{folder}: ignored {len(ignored)} files that are not images, e.g. {ignored[0]}")
         return records
 
     def _read_captions(self, folder: Path) -> dict[str, str]:
