@@ -133,9 +133,10 @@ class Encoder(nn.Module):
 
     @property
     def text_dim(self) -> int:
+        """Size of the text embedding: CLIP embeds text and images in one space."""
         if self.text_model is None:
             raise ZooError(f"{self.spec} has no text encoder; use an open_clip encoder for captions")
-        return int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") else self.dim
+        return self.dim
 
     def encode_text(self, captions: list[str]) -> Tensor:
         """CLIP text embeddings of ``captions`` (open_clip encoders only)."""
