@@ -86,13 +86,21 @@ class ZooCLI(LightningCLI):
 
 
 def _zoo_checkpoint(args: list[str]) -> Path | None:
-    """The local folder of ``--ckpt_path`` when it is a zoo checkpoint (a folder or ``hf-hub:``)."""
-    value = _option(args, "--ckpt_path")
-    if value is None:
-        return None
-    if value.startswith("hf-hub:") or Path(value).is_dir():
-        from zoo import hub
+    """The local folder of ``ckpt_path`` (flag or config) when it is a zoo checkpoint.
 
+    A zoo checkpoint is a folder, ``hf-hub:org/name`` or a short name of ``zoo list --pretrained``; a
+    Lightning ``.ckpt`` file is left to Lightning.
+    """
+    value = _option(args, "--ckpt_path")
+    for config in _configs(args) if value is None else []:
+        loaded = yaml.safe_load(Path(config).read_text()) if Path(config).is_file() else None
+        if isinstance(loaded, dict) and loaded.get("ckpt_path"):
+            value = str(loaded["ckpt_path"])
+    if value is None or Path(value).is_file():
+        return None
+    from zoo import hub
+
+    if value.startswith(hub.HUB_PREFIX) or Path(value).is_dir() or value in hub.known_checkpoints():
         return hub.resolve(value)
     return None
 

@@ -122,7 +122,8 @@ class ZooModule(pl.LightningModule):
 
     def artifact_dir(self) -> Path | None:
         """A folder for images a method wants users to see (e.g. recovered images); None without a logger."""
-        if self._trainer is None or not self.trainer.log_dir:
+        # without a logger the log dir is the working directory: nothing is written there
+        if self._trainer is None or self.trainer.logger is None or not self.trainer.log_dir:
             return None
         path = Path(self.trainer.log_dir) / "artifacts"
         path.mkdir(parents=True, exist_ok=True)
@@ -222,6 +223,15 @@ class ZooModule(pl.LightningModule):
 
         directory = hub.resolve(source, **kwargs)
         return load_folder(directory, expect=cls)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Publish this model with a model card; the commit URL (arguments as ``zoo.hub.publish``)."""
+        import tempfile
+
+        from zoo import hub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return hub.publish(self.save_pretrained(tmp), repo_id, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # plain data beside Lightning's own keys, so a .ckpt converts with weights_only=True

@@ -1,0 +1,301 @@
+"""zoo.hub through the real ``huggingface_hub`` client against the local Hub-protocol server of ``hub_server``.
+
+Nothing of ``huggingface_hub`` is monkeypatched: the client is configured (endpoint, offline switch, cache)
+the way a user configures it, and every request it makes is answered, and counted, by the server.
+
+The method used is the example third-party plugin (``tests/plugins/zoo_example_plugin``), made
+discoverable without installing anything: a ``dist-info`` with its entry point is written to a temporary
+folder put on ``sys.path``; ``ReleasedStats`` below is registered the same way to exercise the importer
+of released checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import safetensors.torch
+import torch
+from conftest import ROOT, fast_trainer
+from hub_server import HubServer
+from huggingface_hub import ModelCard, metadata_load
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from torch import nn
+
+from zoo import hub, registry
+from zoo.cli import main
+from zoo.errors import ZooError
+from zoo.module import ZooModule
+
+PLUGIN_DIR = ROOT / "tests" / "plugins" / "zoo_example_plugin"
+
+
+class ReleasedStats(ZooModule):
+    """A method whose authors released a DataParallel ``.pth.tar``; its importer loads it weights-only."""
+
+    task = "fake_detection"
+    paper = "(test method)"
+    variants = {"tiny": {}}
+
+    def __init__(self, width: int = 3) -> None:
+        super().__init__()
+        self.head = nn.Linear(width, 1)
+
+    def predict_batch(self, batch):
+        return {"score": self.head(batch["image"].mean(dim=(-1, -2))).squeeze(1)}
+
+    @classmethod
+    def convert_released(cls, path, **init_args):
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        model = cls(**init_args)
+        model.head.load_state_dict({k.removeprefix("module.head."): v for k, v in state.items()})
+        return model
+
+
+@pytest.fixture(scope="module")
+def plugins(tmp_path_factory):
+    """ImageStatsDetector and ReleasedStats in the method registry, for this module only."""
+    site = tmp_path_factory.mktemp("site")
+    info = site / "zoo_hub_test_methods-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-hub-test-methods\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[zoo.methods]\nImageStatsDetector = zoo_example_plugin:ImageStatsDetector\n"
+        f"ReleasedStats = {__name__}:ReleasedStats\n"
+    )
+    sys.path[:0] = [str(site), str(PLUGIN_DIR)]
+    registry.methods.refresh()
+    yield site
+    sys.path.remove(str(site))
+    sys.path.remove(str(PLUGIN_DIR))
+    registry.methods.refresh()
+
+
+@pytest.fixture(scope="module")
+def server():
+    with HubServer() as hub_server:
+        yield hub_server
+    assert not hub_server.unknown, f"the client used routes the test server does not speak: {hub_server.unknown}"
+
+
+@pytest.fixture
+def online(server, monkeypatch, tmp_path):
+    """The client configured as by HF_ENDPOINT / HF_HUB_OFFLINE=0 / HF_HUB_CACHE (read once at its import)."""
+    constants = huggingface_hub.constants
+    cache = tmp_path / "hf-cache"
+    for env, name, value in (("HF_ENDPOINT", "ENDPOINT", server.url), ("HF_HUB_OFFLINE", "HF_HUB_OFFLINE", False),
+                             ("HF_HUB_CACHE", "HF_HUB_CACHE", str(cache))):
+        monkeypatch.setenv(env, str(int(value)) if isinstance(value, bool) else value)
+        monkeypatch.setattr(constants, name, value)
+    template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    return cache
+
+
+def go_offline(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="module")
+def trained(plugins, tmp_path_factory):
+    """ImageStatsDetector trained one epoch on the mini fake-detection set, its folder, test metrics, a batch."""
+    from zoo.data.mini_datamodules import MiniFakeDetection
+
+    torch.manual_seed(0)
+    model = registry.methods.load("ImageStatsDetector").from_variant("tiny")
+    data = MiniFakeDetection(batch_size=16, image_size=32)
+    trainer = fast_trainer(max_epochs=1)
+    trainer.fit(model, datamodule=data)
+    metrics = {k: float(v) for k, v in trainer.test(model, datamodule=data, verbose=False)[0].items()}
+    folder = model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "stats")
+    batch = next(iter(data.test_dataloader()))
+    return model.eval(), folder, metrics, batch
+
+
+def predictions(model: ZooModule, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model.predictions(batch)["score"]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_publish_download_and_offline_load(trained, server, online, monkeypatch, tmp_path):
+    model, folder, metrics, batch = trained
+    url = hub.publish(folder, "org/stats", endpoint=server.url, metrics=metrics, dataset="MiniFakeDetection",
+                      training_config={"trainer": {"max_epochs": 1}})
+    assert url.startswith(f"{server.url}/org/stats/commit/")
+    published = server.files("org/stats")
+    for name in hub.FILES:
+        assert published[name] == (folder / name).read_bytes()
+
+    cache = tmp_path / "empty-cache"
+    before = len(server.requests)
+    local = hub.download("org/stats", cache_dir=str(cache), endpoint=server.url)
+    assert len(server.requests) > before and local.is_relative_to(cache)
+    assert sorted(p.name for p in local.iterdir()) == sorted(hub.FILES)  # JSON and safetensors only
+
+    # offline: HF_HUB_OFFLINE=1, and separately local_files_only=True while online; no request either way
+    seen = len(server.requests)
+    assert ZooModule.from_pretrained("hf-hub:org/stats", cache_dir=str(cache), local_files_only=True) is not None
+    go_offline(monkeypatch)
+    loaded = ZooModule.from_pretrained("hf-hub:org/stats", cache_dir=str(cache), endpoint=server.url)
+    assert len(server.requests) == seen
+    assert type(loaded).__name__ == "ImageStatsDetector"
+    assert torch.equal(predictions(loaded, batch), predictions(model, batch))
+    assert float(loaded.threshold) == float(model.threshold)
+
+    with pytest.raises(ZooError, match="zoo download hf-hub:org/never-fetched"):
+        ZooModule.from_pretrained("hf-hub:org/never-fetched", cache_dir=str(cache))
+    assert len(server.requests) == seen
+
+
+def test_push_to_hub_refuses_to_overwrite(trained, server, online):
+    model, *_ = trained
+    first = model.push_to_hub("org/twice", endpoint=server.url)
+    with pytest.raises(ZooError, match=r"org/twice@main already has README.md, config.json, model.safetensors"):
+        model.push_to_hub("org/twice", endpoint=server.url)
+    assert server.files("org/twice")["model.safetensors"] == server.files("org/twice", first.rsplit("/", 1)[1])[
+        "model.safetensors"]
+    again = model.push_to_hub("org/twice", endpoint=server.url, overwrite=True)
+    assert again != first
+    # another revision is another branch, so nothing is overwritten there
+    branch = model.push_to_hub("org/twice", endpoint=server.url, revision="v2")
+    assert server.repos[("model", "org/twice")].branches["v2"] == branch.rsplit("/", 1)[1]
+
+
+def test_private_repo_needs_the_token(trained, server, online, tmp_path, capsys):
+    _, folder, _, _ = trained
+    token = "hf_test_secret_token_value"
+    hub.publish(folder, "org/private", endpoint=server.url, private=True, token=token)
+    with pytest.raises(ZooError, match="private and no valid token"):
+        hub.download("org/private", cache_dir=str(tmp_path / "a"), endpoint=server.url)
+    local = hub.download("org/private", cache_dir=str(tmp_path / "b"), endpoint=server.url, token=token)
+    assert (local / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    out = capsys.readouterr()
+    assert token not in out.out + out.err
+
+
+def test_short_name_pins_sha256_and_rejects_a_tampered_file(trained, server, online, monkeypatch, tmp_path):
+    _, folder, _, batch = trained
+    hub.publish(folder, "org/pinned", endpoint=server.url)
+    known = tmp_path / "pretrained.json"
+    known.write_text(json.dumps({"stats.mini": {
+        "method": "ImageStatsDetector", "repo_id": "org/pinned", "revision": "main",
+        "sha256": {name: sha256(folder / name) for name in hub.FILES}, "description": "test entry",
+    }}))
+    monkeypatch.setenv(hub.REGISTRY_ENV, str(known))
+    assert "stats.mini" in hub.known_checkpoints() and "pdf_embedding.exponential_drep" in hub.known_checkpoints()
+
+    good = hub.download("stats.mini", cache_dir=str(tmp_path / "good"), endpoint=server.url)
+    assert sha256(good / "model.safetensors") == sha256(folder / "model.safetensors")
+
+    weights = bytearray(server.files("org/pinned")["model.safetensors"])
+    weights[-1] ^= 0xFF  # one flipped bit in the last tensor
+    server.tamper("org/pinned", "model.safetensors", bytes(weights))
+    with pytest.raises(ZooError, match="model.safetensors of stats.mini has sha256 .* the registry pins"):
+        hub.download("stats.mini", cache_dir=str(tmp_path / "bad"), endpoint=server.url)
+    # the copy already in the cache was verified and stays usable offline, by its short name
+    go_offline(monkeypatch)
+    model = ZooModule.from_pretrained("stats.mini", cache_dir=str(tmp_path / "good"))
+    assert predictions(model, batch).shape == (len(batch["id"]),)
+
+
+def test_released_checkpoint_converted_by_the_importer(trained, server, online, monkeypatch, tmp_path):
+    batch = trained[3]
+    torch.manual_seed(1)
+    reference = ReleasedStats(width=3)
+    released = tmp_path / "stats_released.pth.tar"
+    torch.save({"state_dict": {f"module.head.{k}": v for k, v in reference.head.state_dict().items()}}, released)
+    server.add_commit("dataset", "authors/release", "main", {"stats_released.pth.tar": released.read_bytes()}, "r")
+    known = tmp_path / "pretrained.json"
+    known.write_text(json.dumps({"released.stats": {
+        "method": "ReleasedStats", "repo_id": "authors/release", "repo_type": "dataset",
+        "filename": "stats_released.pth.tar", "sha256": {"stats_released.pth.tar": sha256(released)},
+        "init_args": {"width": 3},
+    }}))
+    monkeypatch.setenv(hub.REGISTRY_ENV, str(known))
+    cache = tmp_path / "cache"
+    folder = hub.download("released.stats", cache_dir=str(cache), endpoint=server.url)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(hub.FILES) and folder.is_relative_to(cache)
+    go_offline(monkeypatch)
+    seen = len(server.requests)
+    loaded = ZooModule.from_pretrained("released.stats", cache_dir=str(cache))
+    assert len(server.requests) == seen
+    assert torch.equal(predictions(loaded, batch), predictions(reference.eval(), batch))
+
+
+def test_model_card_parses_with_huggingface_hub(trained, server):
+    _, folder, metrics, _ = trained
+    config = json.loads((folder / "config.json").read_text())
+    text = hub.model_card(config, "org/stats", metrics=metrics, dataset="MiniFakeDetection",
+                          training_config={"trainer": {"max_epochs": 1}, "data": {"class_path": "MiniFakeDetection"}})
+    card = ModelCard(text)
+    assert card.data.library_name == "provenance-zoo"
+    assert {"provenance-zoo", "fake-detection", "ImageStatsDetector"} <= set(card.data.tags)
+    assert card.data.license == "apache-2.0" and card.data.datasets == ["MiniFakeDetection"]
+    meta = card.data.to_dict()
+    name, results = model_index_to_eval_results(meta["model-index"])
+    assert name == "stats"
+    assert {r.metric_name: r.metric_value for r in results} == pytest.approx(metrics)
+    assert {r.dataset_split for r in results} == {"test"}
+    path = Path(folder.parent / "README.md")
+    path.write_text(text)
+    assert metadata_load(path)["library_name"] == "provenance-zoo"
+    assert 'ZooModule.from_pretrained("hf-hub:org/stats")' in card.text
+    assert "(example plugin)" in card.text and "max_epochs: 1" in card.text
+
+
+def read_metrics(root: Path) -> dict[str, str]:
+    (path,) = root.rglob("metrics.csv")
+    rows = list(csv.DictReader(path.open()))
+    return {k: v for row in rows for k, v in row.items() if k.startswith("test/") and v}
+
+
+def test_cli_publish_download_test_round_trip(plugins, server, online, monkeypatch, tmp_path, capsys):
+    quiet = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
+             "--trainer.enable_model_summary", "false"]
+    data = ["--data", "MiniFakeDetection", "--data.image_size", "32", "--data.batch_size", "16"]
+    assert main(["fit", "--model", "ImageStatsDetector", *data, "--trainer.max_epochs", "1",
+                 "--trainer.default_root_dir", str(tmp_path / "fit"), "--seed_everything", "0", *quiet]) == 0
+    (run_dir,) = (tmp_path / "fit" / "lightning_logs").iterdir()
+    assert main(["publish", str(run_dir), "--repo-id", "org/cli"]) == 0
+    assert main(["publish", str(run_dir), "--repo-id", "org/cli"]) == 2  # refused: already there
+    # a Lightning .ckpt of the same run converts to the same checkpoint
+    (ckpt,) = (run_dir / "checkpoints").glob("*.ckpt")
+    assert main(["publish", str(ckpt), "--repo-id", "org/cli", "--revision", "from-ckpt"]) == 0
+    exported, converted = server.files("org/cli"), server.files("org/cli", "from-ckpt")
+    assert converted["config.json"] == exported["config.json"]
+    exported_state = safetensors.torch.load(exported["model.safetensors"])
+    converted_state = safetensors.torch.load(converted["model.safetensors"])
+    assert converted_state.keys() == exported_state.keys()
+    assert all(torch.equal(value, exported_state[key]) for key, value in converted_state.items())
+    capsys.readouterr()
+    assert main(["download", "org/cli"]) == 0
+    downloaded = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert downloaded.is_relative_to(online)
+    card = ModelCard(server.files("org/cli")["README.md"].decode())
+    assert card.data.datasets == ["MiniFakeDetection"]
+    logged = hub.run_metadata(run_dir)[0]  # the run's last val/* values in its metrics.csv
+    _, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    assert logged and {r.metric_name: r.metric_value for r in results} == logged
+
+    go_offline(monkeypatch)
+    seen = len(server.requests)
+    for name, ckpt in (("local", run_dir / "zoo"), ("hub", "hf-hub:org/cli")):
+        assert main(["test", "--ckpt_path", str(ckpt), *data, *quiet, "--trainer.logger", "CSVLogger",
+                     "--trainer.logger.save_dir", str(tmp_path / name)]) == 0
+    assert len(server.requests) == seen
+    local, remote = read_metrics(tmp_path / "local"), read_metrics(tmp_path / "hub")
+    assert local and local == remote
+
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["list", "--pretrained"]) == 0
+    assert "pdf_embedding.exponential_drep" in capsys.readouterr().out
