@@ -6,5 +6,9 @@ The generator under test belongs to the method's configuration; the batch holds 
 from zoo.tasks.binary import binary_task
 
 TASK = binary_task(
-    "attribution", "did this model generate this image?", positive="from the model", negative="elsewhere"
+    "attribution",
+    "did this model generate this image?",
+    positive="from the model",
+    negative="elsewhere",
+    mini_datamodule="MiniAttribution",
 )

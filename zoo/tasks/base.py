@@ -68,6 +68,8 @@ class Task:
     positive: str = ""
     negative: str = ""
     primary_metric: str = "auroc"
+    # registry name of the task's mini-suite datamodule
+    mini_datamodule: str = ""
 
     def check(self, fields: Mapping[str, Field], values: Mapping[str, Any], where: str) -> None:
         size = None

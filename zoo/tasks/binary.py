@@ -39,7 +39,7 @@ def update(metrics: MetricCollection, prediction: Mapping[str, Any], batch: Mapp
     metrics["scores"].update(prediction["score"], batch["label"])
 
 
-def binary_task(name: str, question: str, positive: str, negative: str) -> Task:
+def binary_task(name: str, question: str, positive: str, negative: str, mini_datamodule: str) -> Task:
     """A binary task whose label 1 means ``positive``."""
     return Task(
         name=name,
@@ -61,4 +61,5 @@ def binary_task(name: str, question: str, positive: str, negative: str) -> Task:
         positive=positive,
         negative=negative,
         primary_metric="auroc",
+        mini_datamodule=mini_datamodule,
     )

@@ -70,4 +70,5 @@ TASK = Task(
     make_metrics=make_metrics,
     update=update,
     primary_metric="pcc",
+    mini_datamodule="MiniCopyDetection",
 )

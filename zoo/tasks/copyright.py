@@ -7,5 +7,9 @@ suspect images.
 from zoo.tasks.binary import binary_task
 
 TASK = binary_task(
-    "copyright", "was this image used to fine-tune that diffusion model?", positive="member", negative="hold-out"
+    "copyright",
+    "was this image used to fine-tune that diffusion model?",
+    positive="member",
+    negative="hold-out",
+    mini_datamodule="MiniCopyright",
 )

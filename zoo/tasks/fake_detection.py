@@ -2,4 +2,7 @@
 
 from zoo.tasks.binary import binary_task
 
-TASK = binary_task("fake_detection", "was this image generated?", positive="generated", negative="real")
+TASK = binary_task(
+    "fake_detection", "was this image generated?", positive="generated", negative="real",
+    mini_datamodule="MiniFakeDetection",
+)
