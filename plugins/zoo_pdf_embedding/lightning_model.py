@@ -1,0 +1,180 @@
+"""PDF-Embedding as a ZooModule: training on D-Rep levels, evaluation, released-checkpoint import."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from zoo import backbones
+from zoo.errors import ZooError
+from zoo.module import ZooModule
+from zoo_pdf_embedding.torch_model import (
+    MAX_LEVEL,
+    NUM_LEVELS,
+    TARGETS,
+    PDFEmbeddingNet,
+    init_from_pretrained_vit,
+    map_released_state,
+    target_pdf,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class PDFEmbedding(ZooModule):
+    """PDF-Embedding: six tokens per image whose pairwise cosines, softmaxed, are a PDF over the levels.
+
+    Args:
+        target: the supervision; ``gaussian``, ``linear``, ``exponential`` (the paper's PDFs), ``onehot``
+            (6-way classification) or ``regression`` (a scalar level from the six similarities, MSE).
+        sigma: width of the Gaussian PDF, in normalised-level units.
+        k: slope of the linear PDF max(0, 1 - k|x - p|).
+        beta: scale of the exponential PDF exp(-|x - p| / beta).
+        encoder: timm name of the pretrained single-class-token ViT the encoder starts from.
+        pretrained: start from ``encoder``'s pretrained weights (False: random init).
+        img_size, patch_size, embed_dim, depth, num_heads: the ViT.
+        temperature: initial temperature of the softmax over the scaled cosine similarities.
+        learn_temperature: learn the temperature with the encoder.
+        level_from: which point prediction fills ``level``: ``argmax`` (5 - argmax over the tokens, the
+            paper's) or ``expected`` (the mean level under the predicted PDF).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+    """
+
+    task = "copy_detection"
+    paper = "Image Copy Detection for Diffusion Models (NeurIPS 2024)"
+    display_name = "PDF-Embedding"
+    variants = {
+        "gaussian": {"target": "gaussian"},
+        "linear": {"target": "linear"},
+        "exponential": {"target": "exponential"},
+        "onehot": {"target": "onehot"},
+        "regression": {"target": "regression"},
+        # random init; the expected level keeps PCC defined while a barely trained model's argmax is constant
+        "tiny": {"pretrained": False, **TINY_VIT, "lr": 3e-3, "level_from": "expected"},
+    }
+    tiny_trainer = {"max_epochs": 5}
+
+    def __init__(
+        self,
+        target: str = "gaussian",
+        sigma: float = 0.1,  # zoo default (neighbour level weight e^-2); the paper ablates the width
+        k: float = 3.0,  # zoo default: a neighbour gets 0.4 of the peak, two levels away 0
+        beta: float = 0.1,  # zoo default (neighbour level weight e^-2, as the Gaussian's)
+        encoder: str = "deit_base_patch16_224.fb_in1k",  # paper: DeiT-B/16 pretrained on ImageNet
+        pretrained: bool = True,
+        img_size: int = 224,  # paper / released code: 224 x 224
+        patch_size: int = 16,  # DeiT-B/16
+        embed_dim: int = 768,  # DeiT-B
+        depth: int = 12,  # DeiT-B
+        num_heads: int = 12,  # DeiT-B
+        temperature: float = 0.05,  # zoo choice: the released code withholds training
+        learn_temperature: bool = True,  # zoo choice, as CLIP's logit scale
+        level_from: str = "argmax",  # paper: predicted level = 5 - argmax
+        lr: float = 5e-5,  # zoo choice for fine-tuning DeiT-B (training is not released)
+        weight_decay: float = 0.05,  # DeiT's AdamW weight decay
+    ) -> None:
+        super().__init__()
+        if target not in TARGETS:
+            raise ZooError(f"PDFEmbedding target {target!r} is not one of {', '.join(TARGETS)}")
+        if level_from not in ("argmax", "expected"):
+            raise ZooError(f"PDFEmbedding level_from {level_from!r} must be 'argmax' or 'expected'")
+        for name, value in (("sigma", sigma), ("k", k), ("beta", beta)):
+            if value <= 0:
+                raise ZooError(f"PDFEmbedding argument {name} must be > 0, got {value}")
+        self.target, self.level_from = target, level_from
+        self.width = {"gaussian": sigma, "linear": 1.0 / k, "exponential": beta}.get(target, 0.0)
+        self.img_size = img_size
+        self.lr, self.weight_decay = lr, weight_decay
+        self.net = PDFEmbeddingNet(
+            img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+            temperature=temperature, learn_temperature=learn_temperature, regression=target == "regression",
+        )
+        if backbones.want_pretrained(pretrained):
+            init_from_pretrained_vit(self.net.vit, encoder)
+
+    # ----------------------------------------------------------------- pre-processing and retrieval API
+    def image_transform(self) -> Callable[[Any], Tensor]:
+        """Plain resize to img_size x img_size (any size or mode), ImageNet mean/std, as the released code."""
+        from torchvision.transforms import v2
+
+        return v2.Compose([
+            v2.Lambda(_rgb), v2.Resize((self.img_size, self.img_size), antialias=True), v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+
+    def embed(self, images: Tensor) -> Tensor:
+        """(B, 6 * D) cosine-comparable descriptors: a dot product is the mean of the six token cosines."""
+        return self.net.embed(images)
+
+    def pair_from_embeddings(self, generated_emb: Tensor, real_emb: Tensor) -> dict[str, Tensor]:
+        """Predictions of the task schema from stored ``embed`` descriptors, without the encoder."""
+        return self._predict(self.net.similarities(generated_emb, real_emb))
+
+    def _predict(self, sims: Tensor) -> dict[str, Tensor]:
+        if self.target == "regression":
+            return {"level": self.net.regress(sims).float() * MAX_LEVEL}
+        pdf = self.net.level_logits(sims).float().softmax(dim=1)
+        if self.level_from == "argmax":
+            level = pdf.argmax(dim=1).float()
+        else:
+            level = pdf @ torch.arange(NUM_LEVELS, device=pdf.device, dtype=pdf.dtype)
+        return {"level": level, "pdf": pdf}
+
+    def predict_batch(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return self._predict(self.net(batch["generated"], batch["real"]))
+
+    # ----------------------------------------------------------------- training
+    def loss(self, sims: Tensor, level: Tensor) -> Tensor:
+        """KL(target PDF || predicted PDF), or MSE of the normalised level for ``regression``."""
+        if self.target == "regression":
+            return F.mse_loss(self.net.regress(sims), level.float() / MAX_LEVEL)
+        log_pred = self.net.level_logits(sims).float().log_softmax(dim=1)
+        return F.kl_div(log_pred, target_pdf(level, self.target, self.width), reduction="batchmean")
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        loss = self.loss(self.net(batch["generated"], batch["real"]), batch["level"])
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/temperature", float(torch.exp(-self.net.log_scale.detach())))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    # ----------------------------------------------------------------- released checkpoints
+    @classmethod
+    def convert_released(cls, path: str | Path, **init_args: Any) -> PDFEmbedding:
+        """Build from the released ``vit_exp_563.pth.tar`` / ``vit_gauss_760.pth.tar`` (read weights-only).
+
+        Keys are ``module.base.0.<timm ViT key>`` with ``dist_token`` (1, 5, 768) for the five extra tokens;
+        every key is mapped, none is ignored. ``init_args`` set the rest (e.g. ``target="exponential"``).
+
+        Example:
+            >>> PDFEmbedding.convert_released("vit_gauss_760.pth.tar").save_pretrained("pdf-gauss")
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ZooError(f"released checkpoint {path} not found")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ZooError(f"{path} cannot be read as a weights-only checkpoint: {err}") from err
+        state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+        if not isinstance(state, dict):
+            raise ZooError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
+        with backbones.no_pretrained_download():
+            model = cls(**{**init_args, "pretrained": False})
+        model.net.vit.load_state_dict(map_released_state(state, model.net.vit, str(path)), strict=True)
+        return model.eval()
