@@ -94,3 +94,10 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     command = next(line for line in ci.splitlines() if line.startswith("python3 -m venv"))
     assert command in (ROOT / "README.md").read_text()
+
+
+def test_convert_released_needs_the_methods_importer(example_plugin, tmp_path, capsys):
+    released = tmp_path / "weights.pth.tar"
+    released.write_bytes(b"")
+    assert main(["convert", str(released), str(tmp_path / "out"), "--released", "ImageStatsDetector"]) == 2
+    assert "ImageStatsDetector has no importer for released checkpoints" in capsys.readouterr().err

@@ -207,16 +207,22 @@ def cmd_list(argv: list[str]) -> int:
 
 
 def cmd_convert(argv: list[str]) -> int:
-    """Convert a Lightning ``.ckpt`` into a zoo checkpoint folder."""
+    """Convert a Lightning ``.ckpt``, or a paper's released checkpoint, into a zoo checkpoint folder."""
     from zoo.module import convert_checkpoint
 
     parser = argparse.ArgumentParser(
-        prog="zoo convert", description="Convert a .ckpt written by `zoo fit` into config.json + model.safetensors."
+        prog="zoo convert",
+        description="Convert a .ckpt written by `zoo fit` (or, with --released, a checkpoint file released by a "
+        "method's authors) into config.json + model.safetensors.",
     )
-    parser.add_argument("ckpt", help="the .ckpt file")
+    parser.add_argument("ckpt", help="the .ckpt file, or the released file")
     parser.add_argument("output", help="the folder to write")
+    parser.add_argument("--released", metavar="METHOD", help="the method whose importer reads the released file")
     args = parser.parse_args(argv)
-    print(convert_checkpoint(args.ckpt, args.output))
+    if args.released:
+        print(registry.methods.load(args.released).convert_released(args.ckpt).save_pretrained(args.output))
+    else:
+        print(convert_checkpoint(args.ckpt, args.output))
     return 0
 
 
