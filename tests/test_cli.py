@@ -14,7 +14,8 @@ from zoo import registry
 from zoo.cli import COMMANDS, TRAINER_SUBCOMMANDS, _load_commands, main
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
-CLI_CONFIGS = [p for p in CONFIGS if {"model", "data", "trainer"} & set(yaml.safe_load(p.read_text()) or {})]
+# configs/gallery/<command>.yaml belong to `zoo <command>` and are parsed in test_gallery.py
+CLI_CONFIGS = [p for p in CONFIGS if p.parent.name != "gallery"]
 
 
 def _zoo(*args: str, env=None, cwd=None) -> subprocess.CompletedProcess:

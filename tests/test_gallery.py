@@ -1,0 +1,267 @@
+"""``zoo embed`` -> ``zoo index`` -> ``zoo match`` on mini data, DDP sharding, resume and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import runpy
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import zoo.gallery as gallery
+from zoo import cli
+from zoo.data import mini
+from zoo.errors import ZooError
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+METHOD = "gallery_fixture_method.GalleryFixtureMethod"
+FAST = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+
+
+@pytest.fixture(scope="module")
+def mini_gallery(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A gallery of photo regions, and two generators: one replicates gallery regions, one does not."""
+    root = tmp_path_factory.mktemp("gallery-data")
+    rng = np.random.default_rng(0)
+    photos = {name: mini.photo(name) for name in mini.PHOTOS}
+    train = {name: mini.band(image, "train") for name, image in photos.items()}
+    test = {name: mini.band(image, "test") for name, image in photos.items()}
+    (root / "gallery" / "sub").mkdir(parents=True)
+    (root / "copier").mkdir()
+    (root / "styler").mkdir()
+    boxes = []
+    for i in range(60):
+        name = list(mini.PHOTOS)[i % len(mini.PHOTOS)]
+        box = mini.random_box(train[name], rng)
+        boxes.append((name, box))
+        folder = root / "gallery" / ("sub" if i % 2 else "")
+        mini.square(train[name], box).save(folder / f"g{i:03d}_{name}.png")
+    # the copier replicates gallery regions down the level ladder: mostly total or near-total copies
+    for i, level in enumerate([5, 5, 5, 4, 4, 4, 3, 2, 1, 0] * 2):
+        name, box = boxes[i]
+        mini.replicate(level, train, name, box, rng).save(root / "copier" / f"c{i:03d}_L{level}.png")
+    # the styler applies the stand-in generators to regions of the test band, which the gallery lacks
+    for i in range(20):
+        name = list(mini.PHOTOS)[i % len(mini.PHOTOS)]
+        region = mini.square(test[name], mini.random_box(test[name], rng))
+        generator = list(mini.GENERATORS)[i % 2]
+        mini.GENERATORS[generator](region, rng).save(root / "styler" / f"s{i:03d}_{generator}.png")
+    return {"root": root, "gallery": root / "gallery", "copier": root / "copier", "styler": root / "styler"}
+
+
+def _zoo(*args: str) -> int:
+    return cli.main(list(args))
+
+
+def test_embed_index_match_mini_suite(mini_gallery: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "embedded"
+    assert _zoo("embed", "--gallery", str(mini_gallery["gallery"]), "--output", str(out), "--model", METHOD,
+                "--variant", "tiny", "--shard_size", "16", "--batch_size", "8", *FAST) == 0
+    manifest = json.loads((out / "gallery.json").read_text())
+    assert manifest["complete"] and manifest["count"] == 60 and manifest["num_shards"] == 4
+    ids = [i for _, shard_ids, _ in gallery.iter_shards(out, manifest) for i in shard_ids]
+    assert len(ids) == len(set(ids)) == 60 and "sub/g001_camera" in ids
+
+    assert _zoo("index", "--gallery", str(out), "--index_type", "flat") == 0
+    report_dir = tmp_path / "report"
+    assert _zoo("replication-ratio", "--gallery", str(out), "--generated", f"copier={mini_gallery['copier']}",
+                f"styler={mini_gallery['styler']}", "--output", str(report_dir), "--k", "5",
+                "--threshold", "3", "--bootstrap", "500", *FAST) == 0
+    report = json.loads((report_dir / "report.json").read_text())["generators"]
+    copier, styler = report["copier"], report["styler"]
+    assert copier["count"] == styler["count"] == 20
+    assert sum(copier["level_histogram"]) == 20
+    lo, hi = copier["ci"]
+    assert lo <= copier["replication_ratio"] <= hi and hi > lo
+    # the copier's total copies are found in the gallery; the styler's images are not there
+    assert copier["replication_ratio"] > styler["replication_ratio"] + 0.2
+    for figure in ("replication_ratio.png", "level_histogram.png", "contact_copier.png", "contact_styler.png"):
+        assert (report_dir / figure).stat().st_size > 1000
+    rows = (report_dir / "matches.csv").read_text().splitlines()
+    assert len(rows) == 41
+    # each level-5 copy (a JPEG round trip of a gallery region) is matched to its own source region
+    for row in rows[1:]:
+        generator, query, match_id, *_ = row.split(",")
+        if generator == "copier" and "_L5" in query:
+            assert match_id.split("/")[-1].startswith(f"g{int(query[1:4]):03d}")
+
+
+def test_ivfpq_index_and_query_embeddings_reused(mini_gallery: dict[str, Path], tmp_path: Path) -> None:
+    method = gallery.load_method(METHOD, "tiny")
+    trainer = {"accelerator": "cpu", "enable_progress_bar": False}
+    out = gallery.embed(mini_gallery["gallery"], tmp_path / "g", method, shard_size=25, batch_size=16,
+                        dtype="float32", trainer=trainer)
+    gallery.build_index(out, "ivfpq", nlist=2, pq_m=8, pq_bits=4, train_size=60, nprobe=2)
+    info = json.loads((out / "index.json").read_text())
+    assert info["type"] == "ivfpq" and info["count"] == 60 and info["nlist"] == 2
+    queries = gallery.embed(mini_gallery["copier"], tmp_path / "q", method, shard_size=25, dtype="float32",
+                            trainer=trainer)
+    report = gallery.match(out, {"copier": queries}, tmp_path / "r", k=4, bootstrap=100, trainer=trainer)
+    assert report["generators"]["copier"]["replication_ratio"] > 0.3
+
+
+def test_resume_skips_complete_shards_and_redoes_corrupt(mini_gallery: dict[str, Path], tmp_path: Path) -> None:
+    method = gallery.load_method(METHOD, "tiny")
+    trainer = {"accelerator": "cpu", "enable_progress_bar": False}
+    out = gallery.embed(mini_gallery["gallery"], tmp_path / "g", method, shard_size=16, trainer=trainer)
+    shard0, shard2 = out / "shard-00000.safetensors", out / "shard-00002.safetensors"
+    before = shard0.stat().st_mtime_ns
+    original = shard2.read_bytes()
+    shard2.write_bytes(original[:-8] + b"garbage!")  # damaged on disk
+    with pytest.raises(ZooError, match="shard-00002.safetensors is corrupt"):
+        gallery.build_index(out)
+    (out / "shard-00001.json").unlink()  # a job killed before the manifest of shard 1
+    with pytest.raises(ZooError, match="shard-00001.safetensors: missing or unfinished"):
+        gallery.build_index(out)
+    gallery.embed(mini_gallery["gallery"], tmp_path / "g", method, shard_size=16, trainer=trainer)
+    assert shard0.stat().st_mtime_ns == before  # complete shards are not embedded again
+    assert (out / "shard-00001.json").is_file() and shard2.read_bytes() == original
+    gallery.build_index(out)
+    with pytest.raises(ZooError, match="another run"):
+        gallery.embed(mini_gallery["gallery"], tmp_path / "g", method, shard_size=8, trainer=trainer)
+
+
+def _gallery_ids_and_vectors(out: Path) -> dict[str, torch.Tensor]:
+    manifest = json.loads((out / "gallery.json").read_text())
+    found: dict[str, torch.Tensor] = {}
+    for _, ids, emb in gallery.iter_shards(out, manifest):
+        for id_, vector in zip(ids, emb, strict=True):
+            assert id_ not in found, f"id {id_} written twice"
+            found[id_] = vector
+    return found
+
+
+def test_ddp_two_cpu_processes_equal_single_process(mini_gallery: dict[str, Path], tmp_path: Path) -> None:
+    # the launcher re-runs this script for rank 1, as it would re-run the `zoo` console script
+    script = tmp_path / "zoo_main.py"
+    script.write_text("import sys\nimport zoo.gallery\nfrom zoo.cli import main\nsys.exit(main())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    common = ["embed", "--gallery", str(mini_gallery["gallery"]), "--model", METHOD, "--variant", "tiny",
+              "--shard_size", "7", "--batch_size", "4", "--dtype", "float32", *FAST]
+    ddp = subprocess.run([sys.executable, str(script), *common, "--output", str(tmp_path / "ddp"),
+                          "--trainer.devices", "2", "--trainer.strategy", "ddp"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "distributed_backend=gloo" in ddp.stderr + ddp.stdout or "GLOBAL_RANK: 1" in ddp.stderr + ddp.stdout
+    single = gallery.embed(mini_gallery["gallery"], tmp_path / "single", gallery.load_method(METHOD, "tiny"),
+                           shard_size=7, batch_size=4, dtype="float32",
+                           trainer={"accelerator": "cpu", "enable_progress_bar": False})
+    a, b = _gallery_ids_and_vectors(tmp_path / "ddp"), _gallery_ids_and_vectors(single)
+    assert len(a) == 60 and sorted(a) == sorted(b)
+    for id_ in a:
+        torch.testing.assert_close(a[id_], b[id_], atol=1e-5, rtol=1e-5)
+
+
+def _png(color: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (color, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_webdataset_and_parquet_galleries(tmp_path: Path) -> None:
+    import pandas as pd
+
+    with tarfile.open(tmp_path / "part-0.tar", "w") as tar:
+        for i in range(5):
+            for suffix, data in ((".png", _png(40 * i)), (".txt", b"caption")):
+                info = tarfile.TarInfo(f"k{i:02d}{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    catalog = gallery.Catalog.scan(tmp_path / "part-0.tar")
+    assert catalog.ids == [f"k{i:02d}" for i in range(5)]
+    assert gallery._Reader(catalog).load(3).getpixel((0, 0)) == (120, 0, 0)
+
+    frame = pd.DataFrame({"key": [f"p{i}" for i in range(6)], "jpg": [{"bytes": _png(i), "path": ""} for i in range(6)]})
+    frame.to_parquet(tmp_path / "shards.parquet", row_group_size=4)
+    catalog = gallery.Catalog.scan(tmp_path / "shards.parquet", id_column="key", image_column="jpg")
+    assert len(catalog) == 6 and gallery._Reader(catalog).load(5).getpixel((0, 0)) == (5, 0, 0)
+    with pytest.raises(ZooError, match="no column 'image'"):
+        gallery.Catalog.scan(tmp_path / "shards.parquet", id_column="key")
+
+
+def test_bad_input_is_named(mini_gallery: dict[str, Path], tmp_path: Path) -> None:
+    method = gallery.load_method(METHOD, "tiny")
+    trainer = {"accelerator": "cpu", "enable_progress_bar": False}
+    dup = tmp_path / "dup"
+    (dup / "a").mkdir(parents=True)
+    (dup / "a" / "x.png").write_bytes(_png(1))
+    (dup / "a" / "x.jpg").write_bytes(_png(2))
+    with pytest.raises(ZooError, match="duplicate id 'a/x'"):
+        gallery.Catalog.scan(dup)
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "fine.png").write_bytes(_png(3))
+    (broken / "bad.png").write_bytes(b"not an image at all")
+    with pytest.raises(ZooError, match="bad.png"):
+        gallery.embed(broken, tmp_path / "e", method, trainer=trainer)
+
+    (tmp_path / "cut.tar").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ZooError, match="cut.tar"):
+        gallery.Catalog.scan(tmp_path / "cut.tar")
+
+    out = gallery.embed(mini_gallery["gallery"], tmp_path / "g", method, trainer=trainer)
+    gallery.build_index(out)
+    other = gallery.embed(mini_gallery["styler"], tmp_path / "wide", gallery.load_method(METHOD, "tiny", {"dim": 48}),
+                          trainer=trainer)
+    with pytest.raises(ZooError, match="other weights"):
+        gallery.match(out, {"wide": other}, tmp_path / "r", bootstrap=10)
+    manifest = json.loads((other / "gallery.json").read_text())
+    manifest["model_sha256"] = json.loads((out / "gallery.json").read_text())["model_sha256"]
+    (other / "gallery.json").write_text(json.dumps(manifest))
+    with pytest.raises(ZooError, match="dimension 48.*has 32"):
+        gallery.match(out, {"wide": other}, tmp_path / "r", bootstrap=10)
+    assert _zoo("match", "--gallery", str(out), "--generated", "nameless", "--output", str(tmp_path / "r")) == 2
+
+
+def _scale_benchmark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> dict:
+    import faiss
+
+    result = tmp_path / "scale.json"
+    script = ROOT / "benchmarks" / "perf" / "gallery_scale.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--gallery", "6000", "--queries", "300", "--dim", "32",
+                                      "--shard_size", "2000", "--nlist", "16", "--pq_m", "8", "--train_size", "2000",
+                                      "--recall_queries", "100", "--threads", "1", "--workdir", str(tmp_path / "w"),
+                                      "--out", str(result), *extra])
+    threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    try:  # in this process: a subprocess would spend most of its time importing torch
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(faiss_threads)
+    return json.loads(result.read_text())["figures"]
+
+
+def test_scale_benchmark_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    random_queries = _scale_benchmark(tmp_path, monkeypatch)
+    assert random_queries["gallery"] == 6000 and random_queries["queries"] == 300
+    assert 0.0 <= random_queries["recall_at_1"] <= random_queries["recall_1_at_10"] <= 1.0
+    assert random_queries["search_seconds"] > 0 and random_queries["peak_rss_gb_indexing"] > 0
+    # near-duplicates of gallery vectors (as replications are) are found far more often than random points
+    near = _scale_benchmark(tmp_path, monkeypatch, "--reuse", "--query_noise", "0.3")
+    assert near["index_seconds"] is None and near["recall_at_1"] > max(0.5, random_queries["recall_at_1"])
+
+
+def test_gallery_configs_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    # configs/gallery/<command>.yaml is a config of `zoo <command>`
+    for command in ("embed", "index", "match"):
+        config = ROOT / "configs" / "gallery" / f"{command}.yaml"
+        with pytest.raises(SystemExit) as exit_info:
+            _zoo(command, "--config", str(config), "--print_config")
+        assert exit_info.value.code == 0, command
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["gallery"] == yaml.safe_load(config.read_text())["gallery"]
+        if command == "embed":
+            assert printed["trainer"]["strategy"] == "ddp" and printed["model"] == "PDFEmbedding"
