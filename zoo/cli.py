@@ -273,4 +273,7 @@ def _load_commands() -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run as a script this module is __main__, not zoo.cli, where the other modules register commands
+    from zoo.cli import main as _main
+
+    raise SystemExit(_main())

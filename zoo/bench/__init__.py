@@ -1,0 +1,123 @@
+"""The benchmark harness: ``zoo benchmark [--config benchmarks/<suite>.yaml]``.
+
+With no ``--config`` it runs the mini suite (``benchmarks/mini.yaml``): every registered method of every
+task, tiny variant, on the mini sets, offline. Importing this package registers the subcommand.
+
+Example:
+    $ zoo benchmark                                        # the mini suite, report in reports/mini/
+    $ zoo benchmark --config benchmarks/fake_detection_cross.yaml --methods CNNDetector --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from zoo.cli import register_command
+from zoo.errors import ZooError
+
+MINI_SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "mini.yaml"
+
+
+def cmd_benchmark(argv: list[str]) -> int:
+    """Run a benchmark suite (default: the mini suite) and write its report."""
+    parser = argparse.ArgumentParser(
+        prog="zoo benchmark",
+        description="Run every job of a benchmark suite (fit when the method trains, then test) and write a "
+        "report folder. Without --config: the mini suite, every registered method of every task.",
+    )
+    parser.add_argument("--config", "-c", help=f"the suite YAML (default: {MINI_SUITE})")
+    parser.add_argument("--output", "-o", help="the report folder (default: reports/<suite name>)")
+    parser.add_argument("--methods", nargs="+", help="only these methods (registry names or suite labels)")
+    parser.add_argument("--tasks", nargs="+", help="only these tasks")
+    parser.add_argument("--seeds", nargs="+", type=int, help="these seeds instead of the suite's")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the jobs that finished in an earlier run of the same report (default); "
+                        "failed jobs are run again")
+    parser.add_argument("--workers", type=int, help="parallel job processes (default: one per visible GPU, "
+                        "else serial in this process)")
+    parser.add_argument("--limit", type=int, help="run only the first N jobs of the suite")
+    parser.add_argument("--publish", metavar="ORG/PREFIX",
+                        help="push every exported checkpoint to the Hub as ORG/PREFIX-<method>-<dataset>-s<seed> "
+                        "with a model card carrying its measured metrics")
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+
+    from zoo.bench.report import write_report
+    from zoo.bench.runner import run_suite
+    from zoo.bench.suite import load_suite
+
+    if args.publish and not re.fullmatch(r"[\w.-]+/[\w.-]+", args.publish):
+        raise ZooError(f"--publish {args.publish!r}: expected ORG/PREFIX")
+    console = Console()
+    if not console.is_terminal:  # a log file: do not squeeze the result tables into 80 columns
+        console = Console(width=200)
+    path = Path(args.config) if args.config else MINI_SUITE
+    suite = load_suite(path, methods=args.methods, tasks=args.tasks, seeds=args.seeds)
+    if args.limit is not None:
+        suite.jobs = suite.jobs[: max(0, args.limit)]
+    if not suite.jobs:
+        raise ZooError(f"{path}: the suite (with the filters given) has no job to run")
+    output = Path(args.output or Path("reports") / suite.name)
+    budget = f"budget {suite.budget_minutes:g} min" if suite.budget_minutes else "no time budget"
+    console.print(f"[bold]zoo benchmark[/] {suite.name} ({path}): {len(suite.jobs)} jobs, {budget}; "
+                  f"report in {output}")
+    if suite.description:
+        console.print(f"[dim]{suite.description}")
+    start, cpu_start = time.perf_counter(), _cpu_minutes()
+    results = run_suite(suite, output, resume=args.resume, workers=args.workers, console=console)
+    minutes, cpu = (time.perf_counter() - start) / 60, _cpu_minutes() - cpu_start
+    note = f"This run took {minutes:.1f} min ({cpu:.1f} CPU min in its processes; {budget})."
+    if args.publish:
+        publish_results(results, output, args.publish, console)
+    write_report(results, output, suite.name, console=console, note=note)
+    failed = [r for r in results if r["status"] != "ok"]
+    kept = "" if not suite.budget_minutes else (
+        " [green]within budget[/]" if minutes <= suite.budget_minutes else " [red]over budget[/]")
+    console.print(f"{len(results) - len(failed)} of {len(results)} jobs succeeded in {minutes:.1f} min, "
+                  f"{cpu:.1f} CPU min ({budget}){kept}; report: {output / 'README.md'}")
+    return 1 if failed else 0
+
+
+def _cpu_minutes() -> float:
+    """CPU time of this process and its finished children (parallel jobs), in minutes."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime) / 60
+
+
+def publish_results(results: list[dict[str, Any]], output: Path, target: str, console: Any) -> None:
+    """Push each job's exported checkpoint with its measured metrics; a failed push is reported, not fatal."""
+    import yaml
+
+    from zoo import hub
+
+    publish = getattr(hub, "publish", None)
+    if publish is None:
+        raise ZooError("--publish needs zoo.hub.publish, which this installation does not have")
+    org, prefix = target.split("/", 1)
+    for result in results:
+        if result["status"] != "ok":
+            continue
+        job_dir = output / "jobs" / result["id"]
+        name = re.sub(r"[^\w.-]+", "-", f"{prefix}-{result['label']}-{result['setting']}-s{result['seed']}")
+        repo_id = f"{org}/{name.strip('-.')[:96]}"
+        try:
+            url = publish(
+                job_dir / result["export"], repo_id, dataset=result["setting"],
+                metrics={f"test/{k}": v for k, v in result["metrics"].items()},
+                training_config=yaml.safe_load((job_dir / "job.yaml").read_text()),
+            )
+            result["published"] = str(url) if url is not None else repo_id
+            console.print(f"published {result['id']} as {repo_id}")
+        except Exception as err:  # noqa: BLE001 - one refused push must not lose the others
+            result["publish_error"] = f"{type(err).__name__}: {err}"
+            console.print(f"[red]publishing {result['id']} as {repo_id} failed: {err}")
+
+
+register_command("benchmark", cmd_benchmark)
