@@ -29,7 +29,7 @@ def _from_pretrained(cls: Any, source: str, subfolder: str | None, **kwargs: Any
         subfolder = None  # a folder holding the component itself
     try:
         return cls.from_pretrained(source, subfolder=subfolder, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:
         raise ZooError(f"cannot load {cls.__name__} from {source!r} (subfolder {subfolder!r}): {err}") from err
 
 
@@ -37,10 +37,16 @@ def load_unet(source: str, subfolder: str | None = "unet", **kwargs: Any) -> nn.
     """A ``UNet2DConditionModel`` or ``UNet2DModel`` from a Hub id or a folder, whichever its config names."""
     from diffusers import UNet2DConditionModel, UNet2DModel
 
+    # diffusers loads a UNet2DModel folder into a UNet2DConditionModel without complaint: follow the config
+    classes = {cls.__name__: cls for cls in (UNet2DConditionModel, UNet2DModel)}
+    local = Path(source)
+    if local.is_dir() and subfolder and not (local / subfolder).is_dir():
+        subfolder = None
     try:
-        return _from_pretrained(UNet2DConditionModel, source, subfolder, **kwargs)
-    except ZooError:
-        return _from_pretrained(UNet2DModel, source, subfolder, **kwargs)
+        config = UNet2DModel.load_config(source, subfolder=subfolder)
+    except (OSError, ValueError) as err:
+        raise ZooError(f"cannot read the UNet config of {source!r} (subfolder {subfolder!r}): {err}") from err
+    return _from_pretrained(classes.get(config.get("_class_name"), UNet2DConditionModel), source, subfolder, **kwargs)
 
 
 def load_vae(source: str, subfolder: str | None = "vae", **kwargs: Any) -> nn.Module:
@@ -57,19 +63,25 @@ def load_scheduler(source: str, subfolder: str | None = "scheduler", kind: str =
     return _from_pretrained(getattr(diffusers, kind), source, subfolder)
 
 
-def tiny_unet(conditional: bool = True, in_channels: int = TINY_LATENT_CHANNELS, sample_size: int = 8) -> nn.Module:
-    """A toy ``UNet2DConditionModel`` (cross-attention to a 32-d context) or ``UNet2DModel``."""
+def tiny_unet(conditional: bool = True, in_channels: int = TINY_LATENT_CHANNELS, sample_size: int = 8,
+              block_out_channels: tuple[int, ...] = (32, 64), attention: bool = True) -> nn.Module:
+    """A toy ``UNet2DConditionModel`` (cross-attention to a 32-d context) or ``UNet2DModel``.
+
+    ``attention=False`` drops the self-attention block of the unconditional UNet: the cheapest model
+    that still learns to denoise, for CPU training in the mini suite.
+    """
     from diffusers import UNet2DConditionModel, UNet2DModel
 
     common = dict(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
-                  block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8)
+                  block_out_channels=tuple(block_out_channels), layers_per_block=1, norm_num_groups=8)
     if conditional:
         return UNet2DConditionModel(
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=TINY_CONTEXT_DIM, attention_head_dim=8, **common,
         )
-    return UNet2DModel(down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), **common)
+    inner = "AttnDownBlock2D" if attention else "DownBlock2D"
+    return UNet2DModel(down_block_types=("DownBlock2D", inner),
+                       up_block_types=(inner.replace("Down", "Up"), "UpBlock2D"), **common)
 
 
 def tiny_vae(latent_channels: int = TINY_LATENT_CHANNELS) -> nn.Module:

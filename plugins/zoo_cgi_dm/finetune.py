@@ -1,0 +1,137 @@
+"""Tiny pretrained and fine-tuned diffusion models for the mini copyright suite, trained on the CPU.
+
+A pixel-space ``UNet2DModel`` (16x16 RGB) is trained as the "pretrained" model on ``MiniCopyright``'s
+``pretrain/`` images, then a copy is fine-tuned on the member images of every split, once fully and once
+with a LoRA adapter (peft). The folders are diffusers folders in the zoo cache, built once and reused:
+
+    <ZOO_CACHE>/cgi_dm-mini-v1-seed0/pretrained/{unet,scheduler}    the pretrained model
+    <ZOO_CACHE>/cgi_dm-mini-v1-seed0/full/{unet,scheduler}          the full fine-tune
+    <ZOO_CACHE>/cgi_dm-mini-v1-seed0/lora/{adapter_config.json,adapter_model.safetensors}
+
+Run ``python -m zoo_cgi_dm.finetune`` to build them and print where they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from zoo.data import mini
+from zoo.diffusion import noisy, predict_noise, tiny_scheduler, tiny_unet
+
+VERSION = 2
+IMAGE_SIZE = 16
+PRETRAIN = {"steps": 100, "batch_size": 32, "lr": 2e-3}
+FULL = {"steps": 60, "batch_size": 20, "lr": 1e-3}
+LORA = {"steps": 60, "batch_size": 20, "lr": 5e-3, "rank": 8}
+# convolutions too: the attention-free tiny UNet has no attention projections to adapt
+LORA_TARGETS = ["conv1", "conv2", "time_emb_proj"]
+
+
+def load_images(paths: list[Path], size: int = IMAGE_SIZE) -> Tensor:
+    """PNG files -> ``(N, 3, size, size)`` in [-1, 1]."""
+    arrays = [np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)) for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def train_denoiser(unet: nn.Module, images: Tensor, alphas_cumprod: Tensor, steps: int, batch_size: int, lr: float,
+                   generator: torch.Generator) -> list[float]:
+    """Plain DDPM training (noise-prediction MSE, uniform timesteps) of ``unet``'s trainable parameters."""
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    unet.train()
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, images.shape[0], (min(batch_size, images.shape[0]),), generator=generator)
+        x0 = images[idx]
+        t = torch.randint(0, alphas_cumprod.shape[0], (x0.shape[0],), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        loss = F.mse_loss(predict_noise(unet, noisy(alphas_cumprod, x0, noise, t), t), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    unet.eval()
+    return losses
+
+
+def member_paths(data_root: Path) -> list[Path]:
+    """The member images of every split: what the fine-tuned copy is trained on."""
+    return sorted(data_root.glob("*/member/*.png"))
+
+
+def build(target: Path, seed: int = 0) -> None:
+    """Train and write the three models into ``target``."""
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from safetensors.torch import save_file
+
+    data_root = mini.ensure("copyright")
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    scheduler = tiny_scheduler()
+    acp = scheduler.alphas_cumprod
+    pretrain = load_images(sorted((data_root / "pretrain").glob("*.png")))
+    members = load_images(member_paths(data_root))
+
+    unet = tiny_unet(conditional=False, in_channels=3, sample_size=IMAGE_SIZE, block_out_channels=(16, 32),
+                     attention=False)
+    train_denoiser(unet, pretrain, acp, PRETRAIN["steps"], PRETRAIN["batch_size"], PRETRAIN["lr"], generator)
+    unet.save_pretrained(target / "pretrained" / "unet")
+    scheduler.save_pretrained(target / "pretrained" / "scheduler")
+
+    full = copy.deepcopy(unet)
+    train_denoiser(full, members, acp, FULL["steps"], FULL["batch_size"], FULL["lr"], generator)
+    full.save_pretrained(target / "full" / "unet")
+    scheduler.save_pretrained(target / "full" / "scheduler")
+
+    lora = copy.deepcopy(unet)
+    config = LoraConfig(r=LORA["rank"], lora_alpha=LORA["rank"], target_modules=LORA_TARGETS, init_lora_weights=True)
+    config.base_model_name_or_path = "zoo-mini"
+    lora.requires_grad_(False)
+    inject_adapter_in_model(config, lora)
+    train_denoiser(lora, members, acp, LORA["steps"], LORA["batch_size"], LORA["lr"], generator)
+    (target / "lora").mkdir(parents=True)
+    config.save_pretrained(str(target / "lora"))
+    state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(lora, save_embedding_layers=False).items()}
+    save_file(state, str(target / "lora" / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def ensure_mini_models(seed: int = 0) -> dict[str, Path]:
+    """The folders of the mini models (``pretrained``, ``full``, ``lora``), trained first if absent (atomically)."""
+    root = mini.cache_root() / f"cgi_dm-mini-v{VERSION}-seed{seed}"
+    if not (root / ".complete").is_file():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".cgi_dm-", dir=root.parent))
+        try:
+            build(work, seed)
+            (work / ".complete").write_text("built\n")
+            if root.exists():
+                shutil.rmtree(root)
+            work.rename(root)
+        except FileExistsError:  # built meanwhile by another process
+            shutil.rmtree(work, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    return {name: root / name for name in ("pretrained", "full", "lora")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for name, path in ensure_mini_models(args.seed).items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

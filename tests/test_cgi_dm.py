@@ -1,0 +1,260 @@
+"""CGI-DM: mask, PGD projection, loss sign on real fine-tunes, NaN handling, bad input, zoo test end to end."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from zoo.diffusion import tiny_scheduler, tiny_unet
+from zoo.errors import ZooError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_PGD = {"steps": 3, "save_artifacts": False}
+
+
+@pytest.fixture(scope="session")
+def mini_models(zoo_cache):
+    """The tiny pretrained model and its full and LoRA fine-tunes, trained once per session."""
+    from zoo_cgi_dm.finetune import ensure_mini_models
+
+    return ensure_mini_models()
+
+
+@pytest.fixture(scope="session")
+def test_batch(mini_models):
+    """The whole test split of the mini copyright suite at the tiny models' resolution."""
+    from zoo_cgi_dm.finetune import IMAGE_SIZE
+
+    from zoo.data.base import default_transform
+    from zoo.data.mini_datamodules import MiniCopyright
+
+    dm = MiniCopyright(batch_size=64)
+    dm.transform = default_transform(IMAGE_SIZE)
+    dm.setup("test")
+    return next(iter(dm.test_dataloader()))
+
+
+def _inverter(**kwargs):
+    from zoo_cgi_dm.torch_model import ContrastingGradientInversion
+
+    torch.manual_seed(0)
+    pre = tiny_unet(conditional=False, in_channels=3, sample_size=8, block_out_channels=(8, 16), attention=False)
+    ft = tiny_unet(conditional=False, in_channels=3, sample_size=8, block_out_channels=(8, 16), attention=False)
+    return ContrastingGradientInversion(pre, ft, tiny_scheduler().alphas_cumprod, **kwargs)
+
+
+def test_mask_keeps_top_left_and_bottom_right_quarters_of_every_block():
+    from zoo_cgi_dm.torch_model import checkerboard_mask
+
+    mask = checkerboard_mask(8, 12)
+    assert mask.shape == (1, 1, 8, 12)
+    block = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.float32)
+    assert torch.equal(mask[0, 0], block.repeat(2, 3))
+    assert mask.mean().item() == 0.5
+
+
+def test_projection_keeps_delta_in_the_ball_and_the_box():
+    inverter = _inverter(radius=3.0, clip=1.0)
+    start = torch.rand(4, 3, 8, 8) * 2 - 1
+    delta = torch.randn(4, 3, 8, 8) * 10
+    projected = inverter.project(delta, start)
+    assert (projected.flatten(1).norm(dim=1) <= 3.0 + 1e-5).all()
+    assert (start + projected).abs().max() <= 1.0 + 1e-6
+    small = torch.full((1, 3, 8, 8), 1e-3)
+    assert torch.allclose(inverter.project(small, torch.zeros_like(small)), small)  # inside: unchanged
+
+
+def test_pgd_moves_only_masked_positions_within_the_radius():
+    inverter = _inverter(radius=1.5, step_size=1.0, steps=4)
+    images = torch.rand(3, 3, 8, 8)
+    result = inverter.invert(images, generator=torch.Generator().manual_seed(0))
+    keep = inverter.mask(result.latents)
+    assert torch.equal(result.recovered_latents * keep, result.latents * keep)  # kept positions: the original
+    moved = (result.recovered_latents - result.start_latents) * (1 - keep)
+    norms = moved.flatten(1).norm(dim=1)
+    assert (norms <= 1.5 + 1e-5).all() and (norms > 0.5).all()
+    assert torch.equal(result.start_latents, result.latents * keep)  # pixel space: start = masked image
+    assert result.losses.shape == (4, 3) and not result.failed
+
+
+def test_nan_image_stops_alone_and_is_named():
+    inverter = _inverter(radius=2.0, step_size=0.5, steps=3)
+    images = torch.rand(3, 3, 8, 8)
+    images[1, :, 2, 3] = float("nan")
+    result = inverter.invert(images, names=["a.png", "broken.png", "c.png"])
+    assert list(result.failed) == [1] and "broken.png" in result.failed[1]
+    keep = inverter.mask(result.latents)
+    for i in (0, 2):
+        assert ((result.recovered_latents[i] - result.start_latents[i]) * (1 - keep[0])).norm() > 0.5
+    assert torch.isnan(result.losses[:, 1]).all() and torch.isfinite(result.losses[:, [0, 2]]).all()
+
+
+def test_max_rule_takes_the_best_recovered_image_of_the_same_set():
+    from zoo_cgi_dm.torch_model import SimilarityScorer
+
+    class Flatten(nn.Module):
+        image_size = 2
+
+        def forward(self, x):
+            return x.flatten(1)
+
+    scorer = SimilarityScorer(Flatten(), [0.5] * 3, [0.5] * 3)
+    suspects = torch.rand(4, 3, 2, 2)
+    recovered = torch.stack([suspects[1], suspects[0], 1 - suspects[2], suspects[2]])
+    pair = scorer(suspects, recovered)
+    best = scorer(suspects, recovered, groups=["a", "a", "b", "b"])
+    assert pair[0] < 1 - 1e-4 and best[0] == pytest.approx(1.0, abs=1e-5)  # its twin is in its set
+    assert best[2] == pytest.approx(1.0, abs=1e-5) and (best >= pair - 1e-6).all()
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_fine_tune_denoises_its_members_better_than_the_pretrained_model(mini_models, test_batch, kind):
+    """The loss sign: on members, the fine-tuned error is below the pretrained one, more than on hold-outs."""
+    from zoo_cgi_dm import models
+    from zoo_cgi_dm.torch_model import ContrastingGradientInversion
+
+    pre = models.load_model(str(mini_models["pretrained"]))
+    ft = models.apply_lora(pre, str(mini_models["lora"])) if kind == "lora" else models.load_model(
+        str(mini_models["full"]), base=pre)
+    inverter = ContrastingGradientInversion(pre.unet, ft.unet, pre.scheduler.alphas_cumprod)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        z = inverter.encode(test_batch["image"])
+        gap = torch.stack([inverter.objective(z, None, None, generator) for _ in range(16)]).mean(0)
+    member = test_batch["label"] == 1
+    assert gap[member].mean() < 0  # members: the fine-tuned error is lower
+    assert gap[member].mean() < gap[~member].mean()
+
+
+def _save_unet(unet, folder: Path, scheduler=None) -> str:
+    unet.save_pretrained(folder / "unet")
+    (scheduler or tiny_scheduler()).save_pretrained(folder / "scheduler")
+    return str(folder)
+
+
+def test_models_with_different_latent_shapes_are_refused_before_any_step(mini_models, tmp_path):
+    from zoo_cgi_dm.lightning_model import CGIDM
+
+    other = _save_unet(tiny_unet(conditional=False, in_channels=3, sample_size=8, block_out_channels=(16, 32),
+                                 attention=False), tmp_path / "small")
+    with pytest.raises(ZooError, match="sample_size: 16 vs 8"):
+        CGIDM(pretrained="zoo-mini", finetuned=other, **TINY_PGD)
+
+
+def test_models_with_different_schedulers_are_refused(mini_models, tmp_path):
+    import diffusers
+    from zoo_cgi_dm.lightning_model import CGIDM
+
+    from zoo.diffusion import load_unet
+
+    linear = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    other = _save_unet(load_unet(str(mini_models["full"])), tmp_path / "linear", scheduler=linear)
+    with pytest.raises(ZooError, match="different noise schedules"):
+        CGIDM(pretrained="zoo-mini", finetuned=other, **TINY_PGD)
+
+
+def test_lora_adapter_that_does_not_fit_its_base_names_the_mismatch(mini_models, tmp_path):
+    from zoo_cgi_dm.lightning_model import CGIDM
+
+    wrong_target = tmp_path / "wrong_target"
+    shutil.copytree(mini_models["lora"], wrong_target)
+    config = json.loads((wrong_target / "adapter_config.json").read_text())
+    config["target_modules"] = ["no_such_proj"]
+    (wrong_target / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ZooError, match="does not match the base UNet.*no_such_proj"):
+        CGIDM(pretrained="zoo-mini", finetuned=str(wrong_target), finetune_type="lora", **TINY_PGD)
+
+    from safetensors.torch import load_file, save_file
+
+    wrong_shape = tmp_path / "wrong_shape"
+    shutil.copytree(mini_models["lora"], wrong_shape)
+    state = load_file(str(wrong_shape / "adapter_model.safetensors"))
+    key = next(k for k in state if "lora_A" in k)
+    state[key] = torch.zeros(state[key].shape[0], state[key].shape[1] + 1, *state[key].shape[2:])
+    save_file(state, str(wrong_shape / "adapter_model.safetensors"))
+    with pytest.raises(ZooError, match=f"{key}.*has shape"):
+        CGIDM(pretrained="zoo-mini", finetuned=str(wrong_shape), finetune_type="lora", **TINY_PGD)
+
+
+def test_empty_member_set_is_a_clear_error(tmp_path):
+    from zoo.data.folders import CopyrightFolders
+
+    for split in ("val", "test"):
+        (tmp_path / split / "member").mkdir(parents=True)
+        (tmp_path / split / "holdout").mkdir(parents=True)
+    dm = CopyrightFolders(str(tmp_path))
+    with pytest.raises(ZooError, match="member.*no images"):
+        dm.setup("test")
+
+
+def test_nan_image_in_a_batch_warns_with_its_name_and_others_are_scored(mini_models, test_batch):
+    from zoo_cgi_dm.lightning_model import CGIDM
+
+    model = CGIDM.from_variant("tiny", **TINY_PGD)
+    batch = {k: v[:3] for k, v in test_batch.items()}
+    batch["image"] = batch["image"].clone()
+    batch["image"][1] = float("nan")
+    with pytest.warns(RuntimeWarning, match=Path(batch["id"][1]).name):
+        scores = model.predict_batch(batch)["score"]
+    assert torch.isfinite(scores).all() and scores[1] == -1.0 and (scores[[0, 2]] > -1.0).all()
+
+
+@pytest.mark.parametrize("config", ["mini.yaml", "mini_lora.yaml"])
+def test_zoo_test_runs_end_to_end_and_reports_auroc_and_accuracy(mini_models, tmp_path, config):
+    from zoo.cli import main
+
+    code = main(["test", "--config", str(ROOT / "configs" / "cgi_dm" / config), "--model.init_args.steps", "3",
+                 "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    assert code in (0, None)
+    run = next((tmp_path / "lightning_logs").glob("version_*"))
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    metrics = {k: float(v) for row in rows for k, v in row.items() if v not in ("", None) and k.startswith("test/")}
+    assert 0.0 <= metrics["test/auroc"] <= 1.0 and 0.0 <= metrics["test/acc"] <= 1.0
+    assert not math.isnan(metrics["test/threshold"])
+    grids = sorted((run / "artifacts").glob("*.png"))  # validation (threshold) and test images, one grid each
+    assert len(grids) == 40 and any("test-member" in g.name for g in grids)
+
+
+def test_perf_script_runs_on_the_cpu(tmp_path):
+    spec = importlib.util.spec_from_file_location("cgi_dm_perf", ROOT / "benchmarks" / "perf" / "cgi_dm.py")
+    perf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(perf)
+    out = tmp_path / "perf.json"
+    perf.main(["--out", str(out), "--steps", "2", "--batch", "4"])
+    result = json.loads(out.read_text())
+    figures = result["figures"]
+    assert result["benchmark"] == "cgi_dm" and result["ratio"] > 0
+    for key in ("batched_s_per_image", "released_style_s_per_image"):
+        assert figures[key] > 0
+    assert 0 < result["mfu"] < 1
+
+
+def test_save_and_load_keep_threshold_and_encoder_but_not_the_diffusion_models(mini_models, tmp_path):
+    from safetensors.torch import load_file
+
+    from zoo.module import ZooModule
+
+    model = _tiny_model()
+    model.threshold.fill_(0.25)
+    model.calibrated.fill_(True)
+    folder = model.save_pretrained(tmp_path / "cgi")
+    keys = load_file(str(folder / "model.safetensors"))
+    assert not any("unet" in k for k in keys) and any(k.startswith("scorer.encoder") for k in keys)
+    loaded = ZooModule.from_pretrained(folder)
+    assert float(loaded.threshold) == 0.25 and bool(loaded.calibrated)
+    name = next(k for k in keys if k.startswith("scorer.encoder"))
+    assert torch.equal(loaded.state_dict()[name], model.state_dict()[name])
+
+
+def _tiny_model():
+    from zoo_cgi_dm.lightning_model import CGIDM
+
+    return CGIDM.from_variant("tiny", **TINY_PGD)
