@@ -1,0 +1,130 @@
+"""The mini attribution suite: a small generator trained on mini data, a second one, and real photos.
+
+Built once into ``$ZOO_CACHE`` (deterministically; about 5 s of CPU time on one core):
+
+    generators/generated/     the model under test: a small VAE decoder (``MiniDecoder``) trained on
+                              32x32 regions of half of scikit-image's photographs (seed 0)
+    generators/other_model/   a second model of the same family, trained on the other half (seed 1)
+    calibration/generated/    images the model under test generated, for the belonging test
+    <val|test>/generated/     further images of the model under test (label 1)
+    <val|test>/other_model/   images of the second model (label 0)
+    <val|test>/real/          32x32 regions of the photographs' val/test bands (label 0)
+
+Generated images are decoder outputs at latents drawn from N(0, I), saved as 8-bit PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from zoo.data import mini
+from zoo.data.folders import AttributionFolders
+from zoo_inversion_attribution.generators import MiniDecoder, MiniEncoder, save_mini_decoder
+
+KIND = "attribution"
+IMAGE_SIZE = 32
+LATENT_DIM = 16
+COUNTS = {"calibration": 16, "val": 8, "test": 10}  # images per source
+TRAIN_PATCHES, TRAIN_STEPS, TRAIN_BATCH = 256, 120, 32
+KL_WEIGHT = 1e-3  # weight of the VAE's KL term per latent dimension relative to the per-pixel MSE
+
+
+def _patches(names: list[str], split: str, count: int, rng: np.random.Generator) -> torch.Tensor:
+    bands = {name: mini.band(mini.photo(name), split) for name in names}
+    out = []
+    for i in range(count):
+        image = bands[names[i % len(names)]]
+        region = image.crop(mini.random_box(image, rng, (0.2, 0.6))).resize((IMAGE_SIZE, IMAGE_SIZE),
+                                                                            Image.Resampling.BICUBIC)
+        out.append(torch.from_numpy(np.array(region)).permute(2, 0, 1).float() / 255)
+    return torch.stack(out)
+
+
+def train_mini_decoder(names: list[str], seed: int) -> MiniDecoder:
+    """Train a ``MiniDecoder`` as a small VAE on 32x32 regions of the train bands of ``names``."""
+    torch.manual_seed(seed)
+    data = _patches(names, "train", TRAIN_PATCHES, np.random.default_rng(seed))
+    encoder, decoder = MiniEncoder(LATENT_DIM), MiniDecoder(LATENT_DIM)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=3e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(TRAIN_STEPS):
+        batch = data[torch.randint(len(data), (TRAIN_BATCH,), generator=generator)]
+        mu, logvar = encoder(batch)
+        z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator)
+        recon = (decoder(z) - batch).pow(2).mean()
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
+        loss = recon + KL_WEIGHT * kl
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return decoder.eval()
+
+
+def _save_samples(decoder: MiniDecoder, folder: Path, count: int, seed: int, prefix: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    z = torch.randn(count, LATENT_DIM, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        images = (decoder(z) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    for i, array in enumerate(images):
+        Image.fromarray(array).save(folder / f"{prefix}_{i:03d}.png")
+
+
+def build_attribution(root: Path, seed: int = 0) -> None:
+    """Train the two mini generators and write every split (see the module docstring)."""
+    names = list(mini.PHOTOS)
+    threads = torch.get_num_threads()
+    # one thread: the same float summation order, hence the same weights, on every machine
+    torch.set_num_threads(1)
+    try:
+        models = {"generated": train_mini_decoder(names[0::2], seed),
+                  "other_model": train_mini_decoder(names[1::2], seed + 1)}
+    finally:
+        torch.set_num_threads(threads)
+    for name, decoder in models.items():
+        save_mini_decoder(decoder, root / "generators" / name)
+    _save_samples(models["generated"], root / "calibration" / "generated", COUNTS["calibration"], seed + 100, "generated")
+    rng = np.random.default_rng(seed + 200)
+    for offset, split in enumerate(("val", "test")):
+        count = COUNTS[split]
+        for name, decoder in models.items():
+            _save_samples(decoder, root / split / name, count, seed + 300 + 10 * offset + len(name), name)
+        (root / split / "real").mkdir(parents=True, exist_ok=True)
+        real = (_patches(names, split, count, rng) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        for i, array in enumerate(real):
+            Image.fromarray(array).save(root / split / "real" / f"real_{i:03d}.png")
+
+
+def ensure_attribution(root: str | Path | None = None, seed: int = 0) -> Path:
+    """The folder of the mini attribution set, built first if it is not there yet."""
+    return mini.ensure(KIND, root, seed, build=build_attribution)
+
+
+def mini_generator_folder(name: str = "generated") -> Path:
+    """The saved mini generator ``generated`` (the model under test) or ``other_model``, built on demand."""
+    return ensure_attribution() / "generators" / name
+
+
+def mini_calibration_folder() -> Path:
+    """Images the mini model under test generated, for the belonging test."""
+    return ensure_attribution() / "calibration" / "generated"
+
+
+class MiniAttribution(AttributionFolders):
+    """Mini attribution: a small trained VAE decoder's images against a second decoder's and real photos.
+
+    ``other`` picks the negative sources (default both ``other_model`` and ``real``).
+    """
+
+    description = "mini attribution (a trained mini decoder vs a second decoder and real photos)"
+
+    def __init__(self, root: str | None = None, other: list[str] | None = None, batch_size: int = 16,
+                 image_size: int = IMAGE_SIZE, **kwargs: Any) -> None:
+        folder = ensure_attribution(root)
+        super().__init__(str(folder), generated=["generated"], other=other or ["other_model", "real"],
+                         batch_size=batch_size, image_size=image_size, **kwargs)
+        self.calibration_dir = folder / "calibration" / "generated"

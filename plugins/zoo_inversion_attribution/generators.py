@@ -1,0 +1,322 @@
+"""Generators behind one interface: an input tensor in, an image in [0, 1] out, differentiably.
+
+Adapters:
+    ``ModuleGenerator``        any ``nn.Module`` mapping noise to an image (a GAN generator, a VAE decoder);
+    ``LatentDecoderGenerator`` the VAE decoder of a latent diffusion model alone (the input is the latent);
+    ``DDIMGenerator``          a diffusion UNet (Stable Diffusion or a pixel DDPM/DDIM UNet) sampled by a
+                               deterministic DDIM sampler from its initial noise, optionally decoded by a VAE.
+
+``load_generator`` builds one from a plain-string spec, so that a method's constructor arguments stay JSON.
+diffusers is imported inside the functions, never at module import.
+
+Example:
+    >>> g = load_generator("diffusers:stable-diffusion-v1-5/stable-diffusion-v1-5", ddim_steps=10)
+    >>> z = g.sample_input(2)             # (2, 4, 64, 64) initial noise
+    >>> images = g(z)                     # (2, 3, 512, 512) in [0, 1], differentiable w.r.t. z
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from zoo.errors import ZooError
+
+
+class Generator(nn.Module):
+    """Base of every adapter: ``forward(inputs) -> images`` in [0, 1], (B, 3, H, W).
+
+    Attributes:
+        input_shape: the shape of one input (without the batch dimension).
+        output_size: (H, W) of the images it makes.
+    """
+
+    input_shape: tuple[int, ...] = ()
+    output_size: tuple[int, int] = (0, 0)
+
+    def sample_input(self, n: int, generator: torch.Generator | None = None, device: Any = None) -> Tensor:
+        """``n`` inputs drawn from the generator's prior, a standard normal."""
+        return torch.randn((n, *self.input_shape), generator=generator, device=device or "cpu")
+
+    def freeze(self) -> Generator:
+        """Eval mode and no parameter gradients: only the input is optimised."""
+        self.eval()
+        self.requires_grad_(False)
+        return self
+
+
+class ModuleGenerator(Generator):
+    """Any noise-to-image ``nn.Module`` (GAN generator, VAE decoder), for a third party's own model.
+
+    Args:
+        module: maps a (B, *input_shape) tensor to (B, 3, H, W) images.
+        input_shape: shape of one input.
+        output_range: the range of the module's output, mapped to [0, 1] (a tanh GAN: (-1, 1)).
+    """
+
+    def __init__(self, module: nn.Module, input_shape: tuple[int, ...],
+                 output_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+        super().__init__()
+        self.module = module
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.low, self.high = float(output_range[0]), float(output_range[1])
+        with torch.no_grad():
+            probe = module(torch.zeros(1, *self.input_shape))
+        if probe.dim() != 4 or probe.shape[1] != 3:
+            raise ZooError(f"generator {type(module).__name__} returns shape {tuple(probe.shape)}, not (B, 3, H, W)")
+        self.output_size = (int(probe.shape[2]), int(probe.shape[3]))
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return (self.module(inputs) - self.low) / (self.high - self.low)
+
+
+class LatentDecoderGenerator(Generator):
+    """The VAE decoder of a latent diffusion model alone: the input is the (scaled) latent.
+
+    Args:
+        vae: a diffusers ``AutoencoderKL``.
+        latent_size: side of the latent (64 for Stable Diffusion 1.x at 512 px).
+    """
+
+    def __init__(self, vae: nn.Module, latent_size: int) -> None:
+        super().__init__()
+        self.vae = vae
+        self.scaling = float(getattr(vae.config, "scaling_factor", 1.0))
+        self.input_shape = (int(vae.config.latent_channels), latent_size, latent_size)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.output_size = (latent_size * factor, latent_size * factor)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        image = self.vae.decode(inputs / self.scaling).sample
+        return (image.float() + 1) / 2
+
+
+class DDIMGenerator(Generator):
+    """Deterministic DDIM sampling (eta = 0) from the initial noise x_T, then the VAE decoder if any.
+
+    Every step is x_{t'} = sqrt(a_{t'}) x0_hat + sqrt(1 - a_{t'}) eps, with
+    x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) and eps the UNet's prediction; the last step goes
+    to a = 1, the clean sample. Gradients flow through every UNet call back to x_T.
+
+    Args:
+        unet: a diffusers ``UNet2DConditionModel`` (with ``context``) or ``UNet2DModel``.
+        alphas_cumprod: the training schedule's cumulative alphas.
+        steps: number of sampler steps.
+        vae: decodes latents to images (latent diffusion); None for a pixel-space UNet.
+        context: the text conditioning (1, L, D) for a conditional UNet (the empty prompt's embedding).
+        gradient_checkpointing: recompute each step's activations in the backward pass instead of
+            storing them, trading about one extra forward for memory.
+    """
+
+    def __init__(self, unet: nn.Module, alphas_cumprod: Tensor, steps: int, vae: nn.Module | None = None,
+                 context: Tensor | None = None, gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ZooError(f"ddim_steps={steps}: the sampler needs at least one step")
+        self.unet, self.vae = unet, vae
+        total = len(alphas_cumprod)
+        stride = max(total // steps, 1)
+        # the "leading" spacing of DDIM with Stable Diffusion's offset of 1
+        timesteps = (torch.arange(steps) * stride + 1).clamp(max=total - 1).flip(0)
+        alphas = alphas_cumprod.float()[timesteps]
+        self.register_buffer("timesteps", timesteps, persistent=False)
+        self.register_buffer("alphas", alphas, persistent=False)
+        self.register_buffer("alphas_next", torch.cat([alphas[1:], torch.ones(1)]), persistent=False)
+        self.register_buffer("context", context, persistent=False)
+        self.gradient_checkpointing = gradient_checkpointing
+        size = int(unet.config.sample_size)
+        self.input_shape = (int(unet.config.in_channels), size, size)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.output_size = (size * factor, size * factor)
+        self.scaling = float(getattr(vae.config, "scaling_factor", 1.0)) if vae is not None else 1.0
+
+    def _step(self, x: Tensor, i: int) -> Tensor:
+        t = self.timesteps[i].expand(x.shape[0])
+        if self.context is not None:
+            context = self.context.expand(x.shape[0], -1, -1).to(x.dtype)
+            eps = self.unet(x, t, encoder_hidden_states=context).sample
+        else:
+            eps = self.unet(x, t).sample
+        a, a_next = self.alphas[i], self.alphas_next[i]
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        return (a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps).to(x.dtype)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        x = inputs
+        for i in range(len(self.timesteps)):
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(self._step, x, i, use_reentrant=False)
+            else:
+                x = self._step(x, i)
+        if self.vae is not None:
+            x = self.vae.decode(x / self.scaling).sample
+        return (x.float() + 1) / 2
+
+
+# ------------------------------------------------------------------ the mini generator
+class MiniDecoder(nn.Module):
+    """A small DCGAN-like decoder (transposed convolutions): a latent vector to a 32x32 image in [0, 1].
+
+    Args:
+        latent_dim: size of the latent vector.
+        width: channels of the first feature map.
+    """
+
+    def __init__(self, latent_dim: int = 16, width: int = 32) -> None:
+        super().__init__()
+        self.latent_dim, self.width = latent_dim, width
+        self.project = nn.Linear(latent_dim, width * 4 * 4)
+        self.body = nn.Sequential(
+            nn.SiLU(), nn.ConvTranspose2d(width, width, 4, 2, 1), nn.SiLU(),
+            nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.SiLU(),
+            nn.ConvTranspose2d(width // 2, width // 4, 4, 2, 1), nn.SiLU(), nn.Conv2d(width // 4, 3, 3, padding=1),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.body(self.project(z).view(-1, self.width, 4, 4)))
+
+
+class MiniEncoder(nn.Module):
+    """The encoder that trains ``MiniDecoder`` as a VAE: a 32x32 image to a latent mean and log-variance."""
+
+    def __init__(self, latent_dim: int = 16, width: int = 32) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width // 4, 4, 2, 1), nn.SiLU(), nn.Conv2d(width // 4, width // 2, 4, 2, 1), nn.SiLU(),
+            nn.Conv2d(width // 2, width, 4, 2, 1), nn.SiLU(), nn.Flatten(), nn.Linear(width * 16, 2 * latent_dim),
+        )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.body(x).chunk(2, dim=1)
+
+
+def save_mini_decoder(decoder: MiniDecoder, folder: Path) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` of a ``MiniDecoder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(
+        json.dumps({"kind": "mini_decoder", "latent_dim": decoder.latent_dim, "width": decoder.width}) + "\n")
+    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+def load_mini_decoder(folder: str | Path) -> ModuleGenerator:
+    """A ``MiniDecoder`` saved by ``save_mini_decoder``, as a generator of latent vectors."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ZooError(f"{folder}: no config.json of a mini decoder")
+    config = json.loads(config_path.read_text())
+    decoder = MiniDecoder(config["latent_dim"], config["width"])
+    decoder.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return ModuleGenerator(decoder, (decoder.latent_dim,), output_range=(0.0, 1.0))
+
+
+# ------------------------------------------------------------------ loading by spec
+def _alphas_cumprod(source: str) -> Tensor:
+    from zoo.diffusion import load_scheduler
+
+    return load_scheduler(source, kind="DDIMScheduler").alphas_cumprod
+
+
+def _empty_prompt(source: str, prompt: str) -> Tensor:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+        encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
+    except (OSError, ValueError) as err:
+        raise ZooError(f"cannot load the text encoder of {source!r} to encode the prompt: {err}") from err
+    tokens = tokenizer([prompt], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    with torch.no_grad():
+        return encoder(tokens.input_ids).last_hidden_state
+
+
+def _tiny_ddim(steps: int, latent: bool, gradient_checkpointing: bool) -> DDIMGenerator:
+    from zoo.diffusion import TINY_CONTEXT_DIM, tiny_scheduler, tiny_unet, tiny_vae
+
+    torch.manual_seed(0)
+    unet = tiny_unet(conditional=latent, in_channels=4 if latent else 3)
+    context = torch.zeros(1, 4, TINY_CONTEXT_DIM) if latent else None
+    return DDIMGenerator(unet, tiny_scheduler("DDIMScheduler").alphas_cumprod, steps,
+                         vae=tiny_vae() if latent else None, context=context,
+                         gradient_checkpointing=gradient_checkpointing)
+
+
+SPECS = {
+    "mini": "the mini suite's model under test (MiniAttribution's generated images), built on demand",
+    "mini-other": "the mini suite's second model of the same family",
+    "mini-decoder:<folder>": "a MiniDecoder saved by save_mini_decoder",
+    "diffusers:<Hub id or folder>": "UNet (+ VAE and text encoder when present) sampled by DDIM from x_T",
+    "vae-decoder:<Hub id or folder>": "the VAE decoder alone, inverting the latent",
+    "module:<package.module:factory>": "a callable returning an nn.Module noise->image generator, or a Generator",
+    "tiny-ddim": "a random-init toy latent diffusion model (UNet + VAE), offline, for tests",
+    "tiny-pixel-ddim": "a random-init toy pixel-space UNet, offline, for tests",
+    "tiny-decoder": "a random-init toy VAE decoder, offline, for tests",
+}
+
+
+def load_generator(spec: str, ddim_steps: int = 50, gradient_checkpointing: bool = False, prompt: str = "",
+                   latent_size: int = 64, input_shape: list[int] | None = None,
+                   output_range: tuple[float, float] = (-1.0, 1.0)) -> Generator:
+    """Build a frozen generator from a spec string (see ``SPECS``).
+
+    Args:
+        spec: what to load, e.g. ``"diffusers:stable-diffusion-v1-5/stable-diffusion-v1-5"``.
+        ddim_steps: sampler steps of ``diffusers:`` and ``tiny-*ddim`` generators.
+        gradient_checkpointing: checkpoint every sampler step.
+        prompt: the prompt a conditional UNet is sampled with (the empty prompt by default).
+        latent_size: latent side of ``vae-decoder:`` generators.
+        input_shape / output_range: of a ``module:`` generator.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind in ("mini", "mini-other"):
+        from zoo_inversion_attribution.data import mini_generator_folder
+
+        return load_mini_decoder(mini_generator_folder("generated" if kind == "mini" else "other_model")).freeze()
+    if kind == "mini-decoder":
+        return load_mini_decoder(arg).freeze()
+    if kind == "tiny-ddim":
+        return _tiny_ddim(ddim_steps, True, gradient_checkpointing).freeze()
+    if kind == "tiny-pixel-ddim":
+        return _tiny_ddim(ddim_steps, False, gradient_checkpointing).freeze()
+    if kind == "tiny-decoder":
+        from zoo.diffusion import tiny_vae
+
+        torch.manual_seed(0)
+        return LatentDecoderGenerator(tiny_vae(), latent_size=16).freeze()
+    if kind == "vae-decoder" and arg:
+        from zoo.diffusion import load_vae
+
+        return LatentDecoderGenerator(load_vae(arg), latent_size).freeze()
+    if kind == "diffusers" and arg:
+        from zoo.diffusion import load_unet, load_vae
+
+        unet = load_unet(arg)
+        try:
+            vae = load_vae(arg)
+        except ZooError:  # a pixel-space DDPM/DDIM model has no VAE
+            vae = None
+        context = _empty_prompt(arg, prompt) if type(unet).__name__ == "UNet2DConditionModel" else None
+        return DDIMGenerator(unet, _alphas_cumprod(arg), ddim_steps, vae=vae, context=context,
+                             gradient_checkpointing=gradient_checkpointing).freeze()
+    if kind == "module" and ":" in arg:
+        module_name, _, attr = arg.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ZooError(f"generator {spec!r}: cannot import {attr} from {module_name}: {err}") from err
+        made = factory()
+        if isinstance(made, Generator):
+            return made.freeze()
+        if not isinstance(made, nn.Module) or input_shape is None:
+            raise ZooError(f"generator {spec!r}: the factory must return a Generator, or an nn.Module "
+                           "together with the argument input_shape")
+        return ModuleGenerator(made, tuple(input_shape), tuple(output_range)).freeze()
+    raise ZooError(f"unknown generator spec {spec!r}; use one of: " + "; ".join(f"{k} ({v})" for k, v in SPECS.items()))
