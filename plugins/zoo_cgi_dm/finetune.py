@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -107,21 +105,7 @@ def build(target: Path, seed: int = 0) -> None:
 
 def ensure_mini_models(seed: int = 0) -> dict[str, Path]:
     """The folders of the mini models (``pretrained``, ``full``, ``lora``), trained first if absent (atomically)."""
-    root = mini.cache_root() / f"cgi_dm-mini-v{VERSION}-seed{seed}"
-    if not (root / ".complete").is_file():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".cgi_dm-", dir=root.parent))
-        try:
-            build(work, seed)
-            (work / ".complete").write_text("built\n")
-            if root.exists():
-                shutil.rmtree(root)
-            work.rename(root)
-        except FileExistsError:  # built meanwhile by another process
-            shutil.rmtree(work, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
+    root = mini.ensure("cgi_dm-mini", seed=seed, build=build, version=VERSION)
     return {name: root / name for name in ("pretrained", "full", "lora")}
 
 

@@ -267,15 +267,20 @@ BUILDERS: dict[str, Callable[[Path, int], None]] = {
 }
 
 
-def ensure(kind: str, root: str | Path | None = None, seed: int = 0) -> Path:
-    """The folder of mini set ``kind``, built first if it is not there yet (atomically)."""
-    target = Path(root) if root else cache_root() / f"{kind}-v{VERSION}-seed{seed}"
+def ensure(kind: str, root: str | Path | None = None, seed: int = 0,
+           build: Callable[[Path, int], None] | None = None, version: int = VERSION) -> Path:
+    """The folder of mini set ``kind``, built first if it is not there yet (atomically).
+
+    ``build`` writes the set into a folder (default: the core builder of ``kind``); plugins pass their
+    own, with a ``version`` of their own, for what they build on top of the mini suite.
+    """
+    target = Path(root) if root else cache_root() / f"{kind}-v{version}-seed{seed}"
     if (target / ".complete").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
     try:
-        BUILDERS[kind](work, seed)
+        (build or BUILDERS[kind])(work, seed)
         (work / ".complete").write_text("built\n")
         if target.exists():
             shutil.rmtree(target)
