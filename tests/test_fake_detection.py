@@ -1,0 +1,277 @@
+"""CLIP-MLP, UniversalFakeDetect and the CNN detectors on the mini fake-detection suite."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, fast_trainer
+from PIL import Image
+from zoo_clip_mlp.lightning_model import CLIPMLP, UniversalFakeDetect
+from zoo_clip_mlp.torch_model import FeatureCache, fit_head, make_head
+from zoo_cnn_detector.lightning_model import CNNDetector, count_pos_weight
+from zoo_cnn_detector.torch_model import Augment
+
+from zoo.cli import ZooCLI
+from zoo.data import mini
+from zoo.data.folders import FakeImageFolders
+from zoo.data.mini_datamodules import MiniFakeDetection
+from zoo.errors import ZooError
+from zoo.module import ZooModule
+
+TINY_VARIANTS = [(cls, v) for cls in (CLIPMLP, UniversalFakeDetect, CNNDetector) for v in cls.variants
+                 if v.startswith("tiny")]
+
+
+def one_batch(model: ZooModule, captions: bool = False, split: str = "test", **data_args) -> dict:
+    data = MiniFakeDetection(captions=captions, **data_args)
+    data.setup()
+    data.transform = model.image_transform()
+    return next(iter(getattr(data, f"{split}_dataloader")()))
+
+
+class CountCalls:
+    """Wraps an encoder's forward and counts the images it sees."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        self.images, self.forward = 0, encoder.forward
+        encoder.forward = self
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.images += len(images)
+        return self.forward(images)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> dict:
+    """Every tiny variant fitted (one epoch, four batches) and tested on the mini suite, with its test metrics."""
+    out = {}
+    for cls, variant in TINY_VARIANTS:
+        torch.manual_seed(0)
+        model = cls.from_variant(variant)
+        data = MiniFakeDetection(captions=model.hparams.get("use_text", False))
+        head_before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        trainer = fast_trainer(max_epochs=1, limit_train_batches=4)
+        trainer.fit(model, data)
+        (metrics,) = trainer.test(model, data, verbose=False)
+        out[(cls.__name__, variant)] = (model, metrics, head_before)
+    return out
+
+
+@pytest.mark.parametrize(("cls", "variant"), TINY_VARIANTS, ids=lambda x: getattr(x, "__name__", x))
+def test_every_tiny_variant_fits_and_tests(fitted: dict, cls: type, variant: str) -> None:
+    model, metrics, head_before = fitted[(cls.__name__, variant)]
+    for key in ("test/acc", "test/auroc", "test/ap", "test/tpr_at_1fpr"):
+        assert math.isfinite(metrics[key]) and 0.0 <= metrics[key] <= 1.0, key
+    # the validation-calibrated threshold is the one used and reported
+    assert metrics["test/threshold"] == pytest.approx(float(model.threshold))
+    assert float(model.threshold) != cls.default_threshold
+    # training moved the trainable weights, and only those
+    after = [p for p in model.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(after, head_before, strict=True))
+    if isinstance(model, CLIPMLP):
+        assert all(not p.requires_grad for p in model.net.encoder.parameters())
+        assert not model.net.encoder.training  # frozen encoder stays in eval mode during fit
+
+
+@pytest.mark.parametrize(("cls", "variant"), TINY_VARIANTS, ids=lambda x: getattr(x, "__name__", x))
+def test_save_load_round_trip_gives_identical_predictions(fitted: dict, cls: type, variant: str,
+                                                          tmp_path: Path) -> None:
+    model = fitted[(cls.__name__, variant)][0].eval()
+    batch = one_batch(model, captions=model.hparams.get("use_text", False))
+    model.save_pretrained(tmp_path)
+    loaded = ZooModule.from_pretrained(tmp_path)
+    assert type(loaded) is cls and float(loaded.threshold) == float(model.threshold)
+    with torch.no_grad():
+        before, after = model.predictions(batch), loaded.predictions(batch)
+    assert torch.equal(before["score"], after["score"])
+    assert torch.equal(before["decision"], after["decision"])
+
+
+def test_pos_weight_is_real_over_generated_of_the_train_split() -> None:
+    per_source = mini.FAKE_PER_SOURCE["train"]
+    for generators, expected in ((["upsampler"], 1.0), (["upsampler", "smoother"], 0.5)):
+        model = CLIPMLP.from_variant("tiny")
+        fast_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(
+            model, MiniFakeDetection(generators=generators))
+        assert model.train_pos_weight == pytest.approx(per_source / (per_source * len(generators)))
+        assert model.train_pos_weight == pytest.approx(expected)
+    assert count_pos_weight([0, 0, 0, 1], "x") == 3.0
+    with pytest.raises(ZooError, match="both real and generated"):
+        count_pos_weight([1, 1], "x")
+    # an explicit pos_weight wins
+    model = CLIPMLP.from_variant("tiny", pos_weight=2.5)
+    fast_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(model, MiniFakeDetection())
+    assert model.train_pos_weight == 2.5
+
+
+def test_feature_cache_is_reused_and_invalidated_when_the_backbone_changes(tmp_path: Path) -> None:
+    cache = tmp_path / "features"
+    sizes = MiniFakeDetection(generators=["upsampler"]).sizes()
+
+    def fit(epochs: int = 1, **overrides) -> tuple[CLIPMLP, CountCalls]:
+        torch.manual_seed(0)  # the same seed gives the same random encoder weights
+        model = CLIPMLP.from_variant("tiny", feature_cache=str(cache), **overrides)
+        calls = CountCalls(model.net.encoder)
+        limits = {} if epochs > 1 else {"limit_train_batches": 2, "limit_val_batches": 1}
+        fast_trainer(max_epochs=epochs, **limits).fit(model, MiniFakeDetection(generators=["upsampler"]))
+        return model, calls
+
+    first, calls = fit(epochs=2)
+    assert calls.images == sizes["train"] + sizes["val"]  # each image encoded once, not once per epoch
+    files = list(cache.glob("*.safetensors"))
+    assert len(files) == 1 and "zoo-tiny-clip" in files[0].name
+    # a second run over the same images with the same encoder never calls it
+    second, calls = fit()
+    assert calls.images == 0
+    # the head trained on cached features sees exactly the encoder's features
+    batch = one_batch(second, split="val", generators=["upsampler"])
+    calls = CountCalls(second.net.encoder)
+    with torch.no_grad():
+        cached = second.image_features(batch)
+        assert calls.images == 0
+        assert torch.allclose(cached, second.net.image_features(batch["image"]), atol=1e-5)
+    # another pre-processing (image size) and other weights are another backbone: encoded again, new file
+    _, calls = fit(image_size=48)
+    assert calls.images == sizes["train"] + sizes["val"]
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    torch.manual_seed(1)
+    other = CLIPMLP.from_variant("tiny", feature_cache=str(cache))
+    assert other.cache_key()["weights"] != first.cache_key()["weights"]
+    # test split: the perturbed test images (robustness rows) are other rows than the clean ones
+    for perturb in (None, "jpeg75"):
+        calls = CountCalls(second.net.encoder)
+        fast_trainer().test(second, MiniFakeDetection(generators=["upsampler"], perturb=perturb), verbose=False)
+        assert calls.images == sizes["test"]
+
+
+def test_feature_cache_of_another_backbone_is_never_read(tmp_path: Path) -> None:
+    key = {"spec": "open_clip:ViT-B-32@openai", "transform": "t", "weights": "w", "pretrained": "True"}
+    cache = FeatureCache(tmp_path, key)
+    assert cache.missing([bytes(16), bytes(16), b"1" * 16]) == [0, 2]  # identical images are encoded once
+    cache.add([bytes(16), b"1" * 16], torch.stack([torch.ones(4), torch.zeros(4)]))
+    cache.save()
+    reread = FeatureCache(tmp_path, key)
+    assert reread.missing([bytes(16)]) == []
+    assert torch.equal(reread.lookup([b"1" * 16, bytes(16)]), torch.stack([torch.zeros(4), torch.ones(4)]))
+    other = FeatureCache(tmp_path, {**key, "spec": "open_clip:RN50@openai"})
+    assert other.path != cache.path and other.missing([bytes(16)]) == [0]
+    other_tag = FeatureCache(tmp_path, {**key, "spec": "open_clip:ViT-B-32@laion2b_s34b_b79k"})
+    assert other_tag.path != cache.path and other_tag.missing([bytes(16)]) == [0]
+    # a file renamed into another encoder's name is refused, not read
+    cache.path.rename(other.path)
+    with pytest.raises(ZooError, match="written for another encoder"):
+        FeatureCache(tmp_path, {**key, "spec": "open_clip:RN50@openai"})
+
+
+def test_use_text_reads_the_captions_and_needs_them() -> None:
+    torch.manual_seed(0)
+    model = CLIPMLP.from_variant("tiny_text").eval()
+    batch = one_batch(model, captions=True)
+    with torch.no_grad():
+        score = model.predictions(batch)["score"]
+        other = model.predictions({**batch, "caption": ["a page of printed text"] * len(batch["id"])})["score"]
+    assert not torch.allclose(score, other)  # the caption changes the score
+    without = {k: v for k, v in batch.items() if k != "caption"}
+    with pytest.raises(ZooError, match="use_text=True.*caption"):
+        model.predictions(without)
+
+
+def write_folder(root: Path, counts: dict[str, int]) -> Path:
+    for split in ("train", "val", "test"):
+        for source, count in counts.items():
+            (root / split / source).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(root / split / source / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(("counts", "generators", "message"), [
+    ({"real": 3}, ["sd"], "no images of source 'sd'"),           # one class only: no generator folder
+    ({"real": 3, "sd": 0}, ["sd"], "no images of source 'sd'"),  # a named generator with zero images
+    ({"real": 3}, [], "sources must both be named"),             # one class only: no generator named
+])
+def test_bad_folders_stop_before_training(tmp_path: Path, counts: dict, generators: list, message: str) -> None:
+    model = CLIPMLP.from_variant("tiny")
+    head = [p.detach().clone() for p in model.net.head.parameters()]
+    trainer = fast_trainer()
+    with pytest.raises(ZooError, match=message):
+        trainer.fit(model, FakeImageFolders(str(write_folder(tmp_path, counts)), generators=generators))
+    assert trainer.global_step == 0
+    assert all(torch.equal(a, b) for a, b in zip(head, model.net.head.parameters(), strict=True))
+
+
+def test_bad_arguments_are_clear_errors() -> None:
+    with pytest.raises(ZooError, match="augment=True and feature_cache"):
+        CLIPMLP.from_variant("tiny", augment=True, feature_cache="x")
+    with pytest.raises(ZooError, match="head='huge'"):
+        CLIPMLP.from_variant("tiny", head="huge")
+    with pytest.raises(ZooError, match="open_clip"):
+        CLIPMLP.from_variant("tiny", backbone="timm:resnet18")
+    with pytest.raises(ZooError, match="timm cannot build"):
+        CNNDetector(backbone="no_such_net", pretrained=False)
+
+
+def test_heads_have_the_papers_shapes() -> None:
+    widths = {name: [m.out_features for m in make_head(name, 1024) if isinstance(m, torch.nn.Linear)]
+              for name in ("linear", "mlp", "deep")}
+    assert widths == {"linear": [1], "mlp": [512, 1], "deep": [512, 256, 256, 1]}
+    assert UniversalFakeDetect.display_name == "UniversalFakeDetect"
+    assert UniversalFakeDetect.__init__.__defaults__[:3] == ("open_clip:ViT-L-14@openai", True, "linear")
+
+
+def test_augment_keeps_the_normalisation_and_changes_images() -> None:
+    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    images = (torch.rand(4, 3, 32, 32) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    same = Augment(mean, std, p=0.0)(images)
+    assert same.shape == images.shape and (same - images).abs().max() < 1 / 255 / min(std)  # only 8-bit rounding
+    torch.manual_seed(0)
+    assert (Augment(mean, std, p=1.0)(images) - images).abs().mean() > 0.1
+
+
+def test_fit_head_learns_separable_cached_features() -> None:
+    torch.manual_seed(0)
+    labels = torch.arange(2000) % 4 == 0  # 1 generated for 3 real
+    features = torch.randn(2000, 64) + labels[:, None].float() * 0.8
+    head = make_head("mlp", 64)
+    losses = fit_head(head, features, labels.long(), epochs=2, batch_size=256)
+    assert losses[-1] < losses[0]
+    with torch.no_grad():
+        accuracy = ((head(features).squeeze(1) > 0) == labels).float().mean()
+    assert accuracy > 0.9
+
+
+def test_zoo_fit_then_zoo_test_from_the_exported_checkpoint(tmp_path: Path) -> None:
+    fit = ZooCLI(["fit", "--config", str(ROOT / "configs/clip_mlp/mini.yaml"), "--trainer.max_epochs=1",
+                  f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+                  "--trainer.accelerator=cpu", f"--model.init_args.feature_cache={tmp_path / 'cache'}"])
+    export = Path(fit.trainer.log_dir) / "zoo"
+    assert json.loads((export / "config.json").read_text())["name"] == "CLIPMLP"
+    assert list((tmp_path / "cache").glob("*.safetensors"))
+    test = ZooCLI(["test", "--ckpt_path", str(export), "--data", "MiniFakeDetection",
+                   "--data.generators=[upsampler]", "--data.test_generators=[smoother]", "--data.perturb=half",
+                   f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+                   "--trainer.accelerator=cpu"])
+    metrics = test.trainer.callback_metrics
+    assert 0.0 <= float(metrics["test/auroc"]) <= 1.0
+    assert float(metrics["test/threshold"]) == pytest.approx(float(fit.model.threshold))
+
+
+def test_perf_script_runs_on_the_cpu(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks" / "perf"))
+    try:
+        import clip_features
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "clip_features.json"
+    clip_features.main(["--features", "1000", "--epochs", "2", "--batch-size", "8", "--out", str(out)])
+    result = json.loads(out.read_text())
+    figures = result["figures"]
+    assert result["benchmark"] == "clip_features" and result["device"] == "cpu"
+    assert figures["extract_images_per_s"] > 0 and figures["head_train_s"] > 0
+    assert figures["head_features"] == 1000 and figures["head_epochs"] == 2
+    assert result["mfu"] > 0 and figures["extract_flops_per_image"] > 1e6  # the tiny CLIP: ~3.9 MFLOP per image
