@@ -293,13 +293,8 @@ def convert_checkpoint(ckpt_path: str | Path, directory: str | Path) -> Path:
     from safetensors.torch import save_file
 
     ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise ZooError(f"checkpoint {ckpt_path} not found")
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ZooError(f"{ckpt_path} cannot be read as a weights-only checkpoint: {err}") from err
-    if "zoo" not in checkpoint or "state_dict" not in checkpoint:
+    checkpoint = read_weights_only(ckpt_path)
+    if not isinstance(checkpoint, dict) or "zoo" not in checkpoint or "state_dict" not in checkpoint:
         raise ZooError(f"{ckpt_path} was not written by a ZooModule (no 'zoo' entry)")
     config = checkpoint["zoo"]
     directory = Path(directory)
@@ -308,6 +303,17 @@ def convert_checkpoint(ckpt_path: str | Path, directory: str | Path) -> Path:
     state = {k: v.contiguous() for k, v in checkpoint["state_dict"].items()}
     save_file(_untie(state), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     return directory
+
+
+def read_weights_only(path: str | Path) -> Any:
+    """A torch checkpoint file read with ``weights_only=True`` (tensors and plain data, no code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZooError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ZooError(f"{path} cannot be read as a weights-only checkpoint: {err}") from err
 
 
 def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from zoo import backbones
 from zoo.errors import ZooError
-from zoo.module import ZooModule
+from zoo.module import ZooModule, read_weights_only
 from zoo_pdf_embedding.torch_model import (
     MAX_LEVEL,
     NUM_LEVELS,
@@ -165,12 +165,7 @@ class PDFEmbedding(ZooModule):
             >>> PDFEmbedding.convert_released("vit_gauss_760.pth.tar").save_pretrained("pdf-gauss")
         """
         path = Path(path)
-        if not path.is_file():
-            raise ZooError(f"released checkpoint {path} not found")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ZooError(f"{path} cannot be read as a weights-only checkpoint: {err}") from err
+        checkpoint = read_weights_only(path)
         state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
         if not isinstance(state, dict):
             raise ZooError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
