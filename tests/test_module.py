@@ -109,3 +109,10 @@ def test_unknown_variant_and_task_mismatch(detector):
 def test_a_method_must_declare_a_valid_task():
     with pytest.raises(ZooError, match="must be one of"):
         type("Odd", (ZooModule,), {"task": "deepfakes"})
+
+
+def test_a_method_deciding_by_its_own_rule_is_not_recalibrated(detector):
+    own_rule = type("OwnRule", (type(detector),), {"calibrates_threshold": False})()
+    fast_trainer(max_epochs=1).fit(own_rule, MiniFakeDetection())
+    assert float(own_rule.threshold) == ZooModule.default_threshold
+    assert "test/threshold" not in fast_trainer().test(own_rule, MiniFakeDetection())[0]

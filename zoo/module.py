@@ -185,7 +185,7 @@ class ZooModule(pl.LightningModule):
         values = self.metrics[stage].compute()
         self.metrics[stage].reset()
         logged = {f"{stage}/{k}": float(v) for k, v in values.items()}
-        if self.task_spec.binary:
+        if self.task_spec.binary and self.calibrates_threshold:  # a method deciding by its own rule has none
             logged[f"{stage}/threshold"] = float(self.threshold)
         self.log_dict(logged, prog_bar=stage == "val", sync_dist=False)
 
