@@ -30,7 +30,7 @@ from torch import nn
 from zoo import hub, registry
 from zoo.cli import main
 from zoo.errors import ZooError
-from zoo.module import ZooModule
+from zoo.module import ZooModule, read_weights_only
 
 PLUGIN_DIR = ROOT / "tests" / "plugins" / "zoo_example_plugin"
 
@@ -51,7 +51,7 @@ class ReleasedStats(ZooModule):
 
     @classmethod
     def convert_released(cls, path, **init_args):
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        state = read_weights_only(path)["state_dict"]
         model = cls(**init_args)
         model.head.load_state_dict({k.removeprefix("module.head."): v for k, v in state.items()})
         return model
