@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT, subprocess_env
 
 from zoo import registry
-from zoo.cli import COMMANDS, TRAINER_SUBCOMMANDS, _load_commands, main
+from zoo.cli import COMMANDS, TRAINER_SUBCOMMANDS, main
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 # configs/gallery/<command>.yaml belong to `zoo <command>` and are parsed in test_gallery.py
@@ -33,7 +33,6 @@ def test_list_prints_methods_and_datamodules(capsys):
 
 
 def test_help_works_for_every_subcommand(capsys):
-    _load_commands()
     for sub in (*TRAINER_SUBCOMMANDS, *COMMANDS):
         with pytest.raises(SystemExit) as exit_:
             main([sub, "--help"])

@@ -226,33 +226,66 @@ def cmd_convert(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"list": cmd_list, "convert": cmd_convert}
+# the plain subcommands, as "module:function", imported only when run (the library modules know
+# nothing of the CLI). A plugin package may add its own with ``register_command``.
+COMMANDS: dict[str, str | Callable[[list[str]], int]] = {
+    "list": "zoo.cli:cmd_list",
+    "convert": "zoo.cli:cmd_convert",
+    "publish": "zoo.hub:cmd_publish",
+    "download": "zoo.hub:cmd_download",
+    "benchmark": "zoo.bench:cmd_benchmark",
+    "embed": "zoo.gallery:cmd_embed",
+    "index": "zoo.gallery:cmd_index",
+    "match": "zoo.gallery:cmd_match",
+    "replication-ratio": "zoo.gallery:cmd_match",
+}
+SUMMARIES = {
+    "list": "Print the registered methods and datamodules (--pretrained: the known checkpoints).",
+    "convert": "Convert a Lightning .ckpt, or a paper's released checkpoint, into a zoo checkpoint folder.",
+    "publish": "Publish a zoo checkpoint folder to the Hugging Face Hub with a model card.",
+    "download": "Download a known checkpoint by short name, or hf-hub:org/name, into the cache.",
+    "benchmark": "Run a benchmark suite and write its report.",
+    "embed": "Embed a gallery of images into descriptor shards.",
+    "index": "Build a FAISS index over an embedded gallery.",
+    "match": "Match generated images against an indexed gallery: the replication ratio.",
+    "replication-ratio": "Same as match.",
+}
 
 
-def register_command(name: str, fn: Callable[[list[str]], int]) -> None:
+def register_command(name: str, fn: Callable[[list[str]], int], summary: str = "") -> None:
     """Add a plain subcommand to ``zoo``."""
     COMMANDS[name] = fn
+    SUMMARIES[name] = summary or (fn.__doc__ or "").strip().split("\n")[0]
+
+
+def _command(name: str) -> Callable[[list[str]], int]:
+    target = COMMANDS[name]
+    if callable(target):
+        return target
+    import importlib
+
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def _usage() -> str:
     return (
         "usage: zoo {" + ",".join((*TRAINER_SUBCOMMANDS, *COMMANDS)) + "} ...\n"
-        "  fit|validate|test|predict  LightningCLI: zoo fit --config configs/<method>/<variant>.yaml\n"
-        + "".join(f"  {name:<26} {(fn.__doc__ or '').strip().splitlines()[0]}\n" for name, fn in COMMANDS.items())
+        "  fit|validate|test          LightningCLI: zoo fit --config configs/<method>/<variant>.yaml\n"
+        + "".join(f"  {name:<26} {SUMMARIES.get(name, '')}\n" for name in COMMANDS)
         + "Run `zoo <subcommand> --help` for the options of each."
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zoo`` console script."""
-    _load_commands()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
     try:
         if argv[0] in COMMANDS:
-            return COMMANDS[argv[0]](argv[1:]) or 0
+            return _command(argv[0])(argv[1:]) or 0
         ZooCLI(argv)
     except ZooError as err:
         print(f"zoo: error: {err}", file=sys.stderr)
@@ -260,20 +293,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _load_commands() -> None:
-    # the Hub, benchmark and gallery subcommands live beside their code; importing them registers them
-    import importlib
-
-    for module in ("zoo.hub", "zoo.bench", "zoo.gallery"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:  # a missing dependency inside it is a real error
-                raise
-
-
 if __name__ == "__main__":
-    # run as a script this module is __main__, not zoo.cli, where the other modules register commands
-    from zoo.cli import main as _main
-
-    raise SystemExit(_main())
+    raise SystemExit(main())

@@ -65,7 +65,6 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from zoo.cli import register_command
 from zoo.data.images import IMAGE_SUFFIXES, list_images, open_image
 from zoo.errors import ZooError
 from zoo.tasks.copy_detection import COPY_FROM_LEVEL, NUM_LEVELS
@@ -959,9 +958,3 @@ def cmd_match(argv: list[str]) -> int:
           confidence=cfg.confidence, seed=cfg.seed, top=cfg.top, nprobe=cfg.nprobe, batch_size=cfg.batch_size,
           num_workers=cfg.num_workers, trainer=_trainer_args(cfg))
     return 0
-
-
-register_command("embed", cmd_embed)
-register_command("index", cmd_index)
-register_command("match", cmd_match)
-register_command("replication-ratio", cmd_match)

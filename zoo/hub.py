@@ -447,14 +447,3 @@ def print_pretrained(console: Any) -> int:
         table.add_row(name, entry.method, source, pinned, entry.description)
     console.print(table)
     return 0
-
-
-def _register_commands() -> None:
-    # zoo.cli imports this module only inside functions, so importing it here makes no cycle
-    from zoo import cli
-
-    cli.register_command("publish", cmd_publish)
-    cli.register_command("download", cmd_download)
-
-
-_register_commands()

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -190,6 +191,18 @@ class ZooModule(pl.LightningModule):
         self.log_dict(logged, prog_bar=stage == "val", sync_dist=False)
 
     # ----------------------------------------------------------------- persistence
+    def reference_state_keys(self) -> set[str]:
+        """State keys not saved: frozen pretrained weights the constructor loads from a pinned reference.
+
+        A method whose frozen encoder is named by a pinned tag (``open_clip:ViT-L-14@openai``) returns
+        that encoder's keys, so that its checkpoint holds only what was trained.
+        """
+        return set()
+
+    def load_reference_weights(self) -> None:
+        """Load the frozen weights of ``reference_state_keys`` from their pinned reference (a download once)."""
+        raise ZooError(f"{type(self).__name__} names reference weights but cannot load them")
+
     def zoo_config(self) -> dict[str, Any]:
         """What ``config.json`` holds: the registry name and the constructor arguments."""
         return {
@@ -209,7 +222,8 @@ class ZooModule(pl.LightningModule):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_NAME).write_text(json.dumps(self.zoo_config(), indent=2, sort_keys=True) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        skip = self.reference_state_keys()
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k not in skip}
         save_file(_untie(state), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         return directory
 
@@ -238,24 +252,109 @@ class ZooModule(pl.LightningModule):
         checkpoint["zoo"] = self.zoo_config()
 
 
-def load_folder(directory: str | Path, expect: type | None = None) -> ZooModule:
-    """Build the method a ``save_pretrained`` folder describes and load its weights strictly."""
-    from safetensors.torch import load_file
+def load_folder(directory: str | Path, expect: type | None = None, **overrides: Any) -> ZooModule:
+    """Build the method a ``save_pretrained`` folder describes and load its weights strictly.
 
-    from zoo import registry
-
+    ``overrides`` replace init arguments of ``config.json`` (e.g. another fine-tuned model); they are
+    checked like the file's own.
+    """
     directory = Path(directory)
     config = read_config(directory / CONFIG_NAME)
-    cls = registry.methods.load(config["name"])
-    if expect is not None and expect is not ZooModule and not issubclass(cls, expect):
-        raise ZooError(f"{directory} holds a {cls.__name__}, not a {expect.__name__}")
+    if overrides:
+        config = {**config, "init_args": {**config["init_args"], **overrides}}
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
-        raise ZooError(f"{directory} has no {WEIGHTS_NAME}")
-    with backbones.no_pretrained_download():
-        model = cls(**config["init_args"])
-    load_state(model, load_file(str(weights)), str(weights))
+        raise ZooError(f"{directory} has no {WEIGHTS_NAME}: a zoo checkpoint is a folder with {CONFIG_NAME} and "
+                       f"{WEIGHTS_NAME}")
+    state = read_weights(weights)
+    model = build_method(config, str(directory / CONFIG_NAME), expect=expect)
+    reference = model.reference_state_keys()
+    load_state(model, state, str(weights), reference=reference)
+    if reference - set(state):
+        model.load_reference_weights()
     return model.eval()
+
+
+# keys jsonargparse and other config loaders treat as "import this and call it"
+_CODE_KEYS = frozenset({"class_path", "init_args", "__path__", "_target_", "__class__"})
+
+
+def check_init_args(cls: type, init_args: Any, where: str) -> dict[str, Any]:
+    """``init_args`` read from a file, checked as data against ``cls``'s constructor.
+
+    Every key must be a constructor argument, and no value may name a class to import: a checkpoint is
+    data, never code.
+    """
+    import inspect
+
+    if not isinstance(init_args, dict):
+        raise ZooError(f"{where}: 'init_args' must be a JSON object, got {type(init_args).__name__}")
+    params = inspect.signature(cls.__init__).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    allowed = [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    for key, value in init_args.items():
+        if not accepts_any and key not in allowed:
+            raise ZooError(f"{where}: {key!r} is not an argument of {cls.__name__} "
+                           f"(its arguments: {', '.join(allowed)})")
+        _refuse_code(value, f"{where}: init argument {key!r}")
+    return dict(init_args)
+
+
+def _refuse_code(value: Any, where: str) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ZooError(f"{where}: keys must be strings")
+            if key in _CODE_KEYS:
+                raise ZooError(f"{where} holds {key!r}: a checkpoint or gallery file may not name code to import; "
+                               "only registered methods are built, from plain values")
+            _refuse_code(item, where)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _refuse_code(item, where)
+    elif not (value is None or isinstance(value, str | int | float | bool)):
+        raise ZooError(f"{where}: {type(value).__name__} is not a plain JSON value")
+
+
+def build_method(config: Mapping[str, Any], where: str, expect: type | None = None,
+                 pretrained_download: bool = False) -> ZooModule:
+    """The registered method ``config`` names (``{"name", "init_args"}``, read from a file), built as data.
+
+    Only a method registered in ``zoo.methods`` is built, by its registry name; its ``init_args`` are
+    checked against its constructor (see ``check_init_args``); nothing named in the file is imported.
+    Pretrained encoders are not downloaded (the caller loads the checkpoint's weights next) unless
+    ``pretrained_download``.
+    """
+    from zoo import registry
+
+    name = config.get("name")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ZooError(f"{where}: 'name' must be the registry name of a method, got {name!r}")
+    cls = registry.methods.load(name)
+    if expect is not None and expect is not ZooModule and not issubclass(cls, expect):
+        raise ZooError(f"{where} holds a {cls.__name__}, not a {expect.__name__}")
+    init_args = check_init_args(cls, config.get("init_args", {}), where)
+    guard = contextlib.nullcontext() if pretrained_download else backbones.no_pretrained_download()
+    try:
+        with guard:
+            return cls(**init_args)
+    except ZooError as err:
+        raise ZooError(f"{where}: {err}") from err
+    except (TypeError, ValueError) as err:
+        raise ZooError(f"{where}: {cls.__name__} refused its init_args: {err}") from err
+
+
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """A ``model.safetensors`` file, or a ZooError naming it (missing, truncated or corrupt)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ZooError(f"{path} not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ZooError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from err
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -272,11 +371,17 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def load_state(model: torch.nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    """Load ``state`` strictly, naming the first missing, unexpected or mis-shaped key."""
+def load_state(model: torch.nn.Module, state: Mapping[str, Tensor], source: str,
+               reference: set[str] | frozenset[str] = frozenset()) -> None:
+    """Load ``state`` strictly, naming the first missing, unexpected or mis-shaped key.
+
+    Keys in ``reference`` may be absent: the constructor loaded them from a pinned pretrained reference.
+    """
     own = model.state_dict()
     for key, value in own.items():
         if key not in state:
+            if key in reference:
+                continue
             raise ZooError(f"{source}: missing key {key!r} (expected shape {tuple(value.shape)})")
         if tuple(state[key].shape) != tuple(value.shape):
             raise ZooError(
@@ -285,7 +390,7 @@ def load_state(model: torch.nn.Module, state: Mapping[str, Tensor], source: str)
     for key in state:
         if key not in own:
             raise ZooError(f"{source}: unexpected key {key!r}")
-    model.load_state_dict(dict(state), strict=True)
+    model.load_state_dict(dict(state), strict=not (reference - set(state)))
 
 
 def convert_checkpoint(ckpt_path: str | Path, directory: str | Path) -> Path:

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zoo.cli import register_command
 from zoo.errors import ZooError
 
 MINI_SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "mini.yaml"
@@ -119,5 +118,3 @@ def publish_results(results: list[dict[str, Any]], output: Path, target: str, co
             result["publish_error"] = f"{type(err).__name__}: {err}"
             console.print(f"[red]publishing {result['id']} as {repo_id} failed: {err}")
 
-
-register_command("benchmark", cmd_benchmark)
