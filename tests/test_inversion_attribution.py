@@ -234,3 +234,33 @@ def test_diffusers_folders_load_as_differentiable_generators(tmp_path: Path) -> 
         assert image.shape == (1, 3, *generator.output_size)
         image.sum().backward()
         assert float(z.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_generator_samples_as_diffusers_ddim_pipeline(tmp_path: Path, prediction_type: str) -> None:
+    """The sampler follows the model's scheduler config (prediction type, SD's offset and final alpha)."""
+    from diffusers import DDIMPipeline, DDIMScheduler
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from zoo.diffusion import tiny_unet
+
+    torch.manual_seed(0)
+    unet = tiny_unet(conditional=False, in_channels=3).eval()
+    # Stable Diffusion's scheduler config, with the prediction type under test (SD 2.x 768-v: v_prediction)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+    unet.save_pretrained(tmp_path / "unet")
+    scheduler.save_pretrained(tmp_path / "scheduler")
+    generator = load_generator(f"diffusers:{tmp_path}", ddim_steps=4)
+    assert generator.timesteps == [751, 501, 251, 1]
+    x_t = randn_tensor((2, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = generator(x_t)
+        reference = DDIMPipeline(unet=unet, scheduler=scheduler)(
+            batch_size=2, generator=torch.Generator().manual_seed(0), eta=0.0, num_inference_steps=4,
+            output_type="np").images
+    torch.testing.assert_close(ours.clamp(0, 1).permute(0, 2, 3, 1), torch.from_numpy(reference), atol=1e-5, rtol=0)
+    # and still differentiable end to end, back to x_T
+    z = x_t.clone().requires_grad_(True)
+    generator(z).sum().backward()
+    assert float(z.grad.abs().sum()) > 0

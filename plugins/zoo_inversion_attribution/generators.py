@@ -101,13 +101,15 @@ class LatentDecoderGenerator(Generator):
 class DDIMGenerator(Generator):
     """Deterministic DDIM sampling (eta = 0) from the initial noise x_T, then the VAE decoder if any.
 
-    Every step is x_{t'} = sqrt(a_{t'}) x0_hat + sqrt(1 - a_{t'}) eps, with
-    x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) and eps the UNet's prediction; the last step goes
-    to a = 1, the clean sample. Gradients flow through every UNet call back to x_T.
+    The sampler is diffusers' ``DDIMScheduler`` built from the model's own scheduler config, so its
+    ``prediction_type`` (epsilon, v_prediction, sample), timestep spacing, ``steps_offset``,
+    ``set_alpha_to_one`` and sample clipping are those of the model. Every step is
+    ``DDIMScheduler.step`` on the UNet's output; its arithmetic is plain tensor algebra, so gradients flow
+    through every UNet call back to x_T.
 
     Args:
         unet: a diffusers ``UNet2DConditionModel`` (with ``context``) or ``UNet2DModel``.
-        alphas_cumprod: the training schedule's cumulative alphas.
+        scheduler: the model's scheduler (any diffusers scheduler; its config builds the DDIM sampler).
         steps: number of sampler steps.
         vae: decodes latents to images (latent diffusion); None for a pixel-space UNet.
         context: the text conditioning (1, L, D) for a conditional UNet (the empty prompt's embedding).
@@ -115,20 +117,16 @@ class DDIMGenerator(Generator):
             storing them, trading about one extra forward for memory.
     """
 
-    def __init__(self, unet: nn.Module, alphas_cumprod: Tensor, steps: int, vae: nn.Module | None = None,
+    def __init__(self, unet: nn.Module, scheduler: Any, steps: int, vae: nn.Module | None = None,
                  context: Tensor | None = None, gradient_checkpointing: bool = False) -> None:
         super().__init__()
+        from diffusers import DDIMScheduler
+
         if steps < 1:
             raise ZooError(f"ddim_steps={steps}: the sampler needs at least one step")
         self.unet, self.vae = unet, vae
-        total = len(alphas_cumprod)
-        stride = max(total // steps, 1)
-        # the "leading" spacing of DDIM with Stable Diffusion's offset of 1
-        timesteps = (torch.arange(steps) * stride + 1).clamp(max=total - 1).flip(0)
-        alphas = alphas_cumprod.float()[timesteps]
-        self.register_buffer("timesteps", timesteps, persistent=False)
-        self.register_buffer("alphas", alphas, persistent=False)
-        self.register_buffer("alphas_next", torch.cat([alphas[1:], torch.ones(1)]), persistent=False)
+        self.scheduler = DDIMScheduler.from_config(scheduler.config)
+        self.scheduler.set_timesteps(steps)
         self.register_buffer("context", context, persistent=False)
         self.gradient_checkpointing = gradient_checkpointing
         size = int(unet.config.sample_size)
@@ -137,24 +135,27 @@ class DDIMGenerator(Generator):
         self.output_size = (size * factor, size * factor)
         self.scaling = float(getattr(vae.config, "scaling_factor", 1.0)) if vae is not None else 1.0
 
-    def _step(self, x: Tensor, i: int) -> Tensor:
-        t = self.timesteps[i].expand(x.shape[0])
+    @property
+    def timesteps(self) -> list[int]:
+        """The sampler's timesteps, from noisiest to cleanest."""
+        return [int(t) for t in self.scheduler.timesteps]
+
+    def _step(self, x: Tensor, t: int) -> Tensor:
+        timestep = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         if self.context is not None:
             context = self.context.expand(x.shape[0], -1, -1).to(x.dtype)
-            eps = self.unet(x, t, encoder_hidden_states=context).sample
+            output = self.unet(x, timestep, encoder_hidden_states=context).sample
         else:
-            eps = self.unet(x, t).sample
-        a, a_next = self.alphas[i], self.alphas_next[i]
-        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
-        return (a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps).to(x.dtype)
+            output = self.unet(x, timestep).sample
+        return self.scheduler.step(output, t, x, eta=0.0).prev_sample.to(x.dtype)
 
     def forward(self, inputs: Tensor) -> Tensor:
         x = inputs
-        for i in range(len(self.timesteps)):
+        for t in self.timesteps:
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(self._step, x, i, use_reentrant=False)
+                x = checkpoint(self._step, x, t, use_reentrant=False)
             else:
-                x = self._step(x, i)
+                x = self._step(x, t)
         if self.vae is not None:
             x = self.vae.decode(x / self.scaling).sample
         return (x.float() + 1) / 2
@@ -219,10 +220,10 @@ def load_mini_decoder(folder: str | Path) -> ModuleGenerator:
 
 
 # ------------------------------------------------------------------ loading by spec
-def _alphas_cumprod(source: str) -> Tensor:
+def _scheduler(source: str) -> Any:
     from zoo.diffusion import load_scheduler
 
-    return load_scheduler(source, kind="DDIMScheduler").alphas_cumprod
+    return load_scheduler(source, kind="DDIMScheduler")
 
 
 def _empty_prompt(source: str, prompt: str) -> Tensor:
@@ -244,7 +245,7 @@ def _tiny_ddim(steps: int, latent: bool, gradient_checkpointing: bool) -> DDIMGe
     torch.manual_seed(0)
     unet = tiny_unet(conditional=latent, in_channels=4 if latent else 3)
     context = torch.zeros(1, 4, TINY_CONTEXT_DIM) if latent else None
-    return DDIMGenerator(unet, tiny_scheduler("DDIMScheduler").alphas_cumprod, steps,
+    return DDIMGenerator(unet, tiny_scheduler("DDIMScheduler"), steps,
                          vae=tiny_vae() if latent else None, context=context,
                          gradient_checkpointing=gradient_checkpointing)
 
@@ -304,7 +305,7 @@ def load_generator(spec: str, ddim_steps: int = 50, gradient_checkpointing: bool
         except ZooError:  # a pixel-space DDPM/DDIM model has no VAE
             vae = None
         context = _empty_prompt(arg, prompt) if type(unet).__name__ == "UNet2DConditionModel" else None
-        return DDIMGenerator(unet, _alphas_cumprod(arg), ddim_steps, vae=vae, context=context,
+        return DDIMGenerator(unet, _scheduler(arg), ddim_steps, vae=vae, context=context,
                              gradient_checkpointing=gradient_checkpointing).freeze()
     if kind == "module" and ":" in arg:
         module_name, _, attr = arg.partition(":")
