@@ -264,3 +264,39 @@ def test_ddim_generator_samples_as_diffusers_ddim_pipeline(tmp_path: Path, predi
     z = x_t.clone().requires_grad_(True)
     generator(z).sum().backward()
     assert float(z.grad.abs().sum()) > 0
+
+
+def _released_entropy_2d(grey: np.ndarray) -> float:
+    """RONAN's complexity.calcEntropy2dSpeedUp(grey, 3, 3), transcribed loop for loop."""
+    from collections import Counter
+
+    padded = np.pad(grey, 1)
+    pairs = []
+    for i in range(1, padded.shape[1] - 1):
+        for j in range(1, padded.shape[0] - 1):
+            patch = padded[j - 1:j + 2, i - 1:i + 2]
+            center = patch[1, 1]
+            pairs.append((center, (np.sum(patch) - center) / 8))
+    p = np.array([count / padded.size for count in Counter(pairs).values()])
+    return float(np.sum(-p * np.log2(p)))
+
+
+def test_complexity_is_the_released_global_2d_entropy() -> None:
+    from zoo_inversion_attribution.torch_model import entropy_2d
+
+    gen = torch.Generator().manual_seed(0)
+    grey = torch.randint(0, 256, (2, 1, 12, 9), generator=gen)
+    grey[1, :, :, :4] = 7  # a flat region: fewer distinct pairs, lower entropy
+    images = (grey.float() / 255).expand(-1, 3, -1, -1)  # equal channels: the grey is the value itself
+    ours = entropy_2d(images)
+    for i in range(2):
+        assert math.isclose(float(ours[i]), _released_entropy_2d(grey[i, 0].numpy().astype(np.uint8)), rel_tol=1e-6)
+    assert ours[1] < ours[0]
+    # as released, 8 bits by truncation, and BGR2GRAY on an RGB array: red weighs 0.114, blue 0.299
+    red, blue = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    red[:, 0, :2], blue[:, 2, :2] = 0.999, 0.999
+    expected = {round(254 * 0.114): red, round(254 * 0.299): blue}
+    for value, image in expected.items():
+        grey_image = np.zeros((4, 4), np.uint8)
+        grey_image[:2] = value
+        assert math.isclose(float(entropy_2d(image)), _released_entropy_2d(grey_image), rel_tol=1e-6)

@@ -48,8 +48,8 @@ class InversionAttribution(ZooModule):
         min_calibration: the smallest calibration set accepted.
         alpha: significance of the one-sided belonging test.
         test: ``t`` (Student t prediction test, default) or ``z`` (z test), see ``BelongingTest``.
-        complexity_correction: divide every loss by the image's mean local 2-D entropy before the test.
-        entropy_radius: radius of the local entropy's disk.
+        complexity_correction: divide every loss by the image's 2-D entropy (RONAN's ``complexity.py``,
+            see ``entropy_2d``) before the test.
         on_size_mismatch: ``resize`` images to the generator's output size, or ``error`` (refuse them).
         seed: seed of the random starts.
     """
@@ -87,8 +87,7 @@ class InversionAttribution(ZooModule):
         min_calibration: int = 10,
         alpha: float = 0.05,
         test: str = "t",
-        complexity_correction: bool = False,
-        entropy_radius: int = 3,
+        complexity_correction: bool = False,  # zoo: the release prints the complexity but does not use it
         on_size_mismatch: str = "resize",
         seed: int = 0,
     ) -> None:
@@ -107,7 +106,7 @@ class InversionAttribution(ZooModule):
                                  seed=seed)
         self.belonging = BelongingTest(alpha=alpha, test=test, min_size=min_calibration)
         self.calibration, self.calibration_size = calibration, calibration_size
-        self.complexity_correction, self.entropy_radius = complexity_correction, entropy_radius
+        self.complexity_correction = complexity_correction
         self.on_size_mismatch = on_size_mismatch
         self._outputs: list[dict[str, Any]] = []
 
@@ -142,12 +141,12 @@ class InversionAttribution(ZooModule):
     # ----------------------------------------------------------------- scoring
     def belonging_loss(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """The raw belonging loss of every image, and the loss the test sees (complexity-corrected or not)."""
-        from zoo_inversion_attribution.torch_model import local_entropy
+        from zoo_inversion_attribution.torch_model import entropy_2d
 
         raw = self.inverter.invert(images).loss
         if not self.complexity_correction:
             return raw, raw
-        return raw, raw / local_entropy(images, self.entropy_radius).clamp_min(1e-2).to(raw.device)
+        return raw, raw / entropy_2d(images).clamp_min(1e-2).to(raw.device)
 
     def calibrate(self, images: Tensor | None = None, where: str = "calibration set") -> None:
         """Fit the belonging test on images the model generated (default: those ``calibration`` names)."""

@@ -201,16 +201,39 @@ class Inverter(nn.Module):
         return InversionResult(per_image.min(1).values, initial, per_image, inputs, done)
 
 
-def local_entropy(images: Tensor, radius: int = 3) -> Tensor:
-    """Mean local 2-D entropy (bits) of every image: the entropy of the grey-level histogram in a disk of
-    ``radius`` around each pixel (``skimage.filters.rank.entropy``), averaged over the image. A measure of
-    image complexity: busy textures score high, flat regions low."""
-    from skimage.filters.rank import entropy
-    from skimage.morphology import disk
+# OpenCV 4's fixed-point luma for 8-bit images (cv2.cvtColor ... 2GRAY): weights of B, G, R in 1/2^15
+_LUMA_SHIFT = 15
+_LUMA_BGR = (3735, 19235, 9798)
 
-    grey = (images.detach().float().cpu().clamp(0, 1) * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1)
-    footprint = disk(radius)
-    values = [float(entropy((g.numpy() * 255).round().astype(np.uint8), footprint).mean()) for g in grey]
+
+def entropy_2d(images: Tensor) -> Tensor:
+    """RONAN's image complexity, per image, in bits: the released ``complexity.calcEntropy2dSpeedUp(img, 3, 3)``.
+
+    One global 2-D entropy over the pairs (grey value i of a pixel, mean j of its eight 3x3 neighbours,
+    zero padding at the border): ``H = -sum p_ij log2 p_ij``. As released, the image becomes 8 bits by
+    truncation (``astype(uint8)`` of 255 x), the grey is OpenCV's ``COLOR_BGR2GRAY`` applied to the RGB
+    array (so R takes B's weight 0.114 and B takes R's 0.299), and each count is divided by the padded
+    area (H + 2)(W + 2) rather than by the number of pairs H x W.
+
+    Args:
+        images: (B, 3, H, W) in [0, 1].
+
+    Returns:
+        (B,) float, on the images' device.
+    """
+    x = (images.detach().float().cpu().clamp(0, 1) * 255).to(torch.uint8).long()  # truncates, as astype
+    grey = x[:, 0] * _LUMA_BGR[0] + x[:, 1] * _LUMA_BGR[1] + x[:, 2] * _LUMA_BGR[2]
+    grey = (grey + (1 << (_LUMA_SHIFT - 1))) >> _LUMA_SHIFT
+    padded = torch.nn.functional.pad(grey, (1, 1, 1, 1))
+    h, w = grey.shape[-2:]
+    # the sum of the 3x3 window minus the centre: 8 x the neighbours' mean, an exact integer
+    window = sum(padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3))
+    pairs = grey * (8 * 255 + 1) + (window - grey)
+    values = []
+    for image_pairs in pairs.flatten(1):
+        counts = torch.unique(image_pairs, return_counts=True)[1].double()
+        p = counts / ((h + 2) * (w + 2))
+        values.append(float(-(p * p.log2()).sum()))
     return torch.tensor(values, device=images.device)
 
 
