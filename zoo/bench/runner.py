@@ -23,6 +23,7 @@ import os
 import queue
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +45,38 @@ from zoo.errors import ZooError
 
 RESULT_NAME = "result.json"
 PREDICTIONS_NAME = "predictions.csv"
+TRAIN_PREDICTIONS_NAME = "train_predictions.csv"  # copy detection: what the report fits its level map on
+LOCK_NAME = ".zoo-benchmark.lock"
+# file names that are not UTF-8 reach the predictions as surrogate escapes; they are written as \\xNN
+TEXT = {"encoding": "utf-8", "errors": "backslashreplace"}
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write rows of predictions as CSV, the columns in order of first appearance."""
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", **TEXT) as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def prediction_rows(outputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per sample of a batch's outputs; a 2-D tensor (e.g. the level pdf) gives a column per entry."""
+    columns: dict[str, list[Any]] = {}
+    for key, value in outputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu()
+            if value.dim() == 2:
+                for j in range(value.shape[1]):
+                    columns[f"{key}_{j}"] = value[:, j].tolist()
+                continue
+            value = value.reshape(-1).tolist()
+        columns[key] = list(value)
+    size = max((len(v) for v in columns.values()), default=0)
+    return [{k: v[i] for k, v in columns.items() if i < len(v)} for i in range(size)]
 
 
 # ------------------------------------------------------------------------------------------ callbacks
@@ -59,30 +92,11 @@ class PredictionWriter(Callback):
 
     def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not isinstance(outputs, dict):
-            return
-        columns: dict[str, list[Any]] = {}
-        for key, value in outputs.items():
-            if isinstance(value, torch.Tensor):
-                value = value.detach().cpu()
-                if value.dim() == 2:  # e.g. the level pdf: one column per entry
-                    for j in range(value.shape[1]):
-                        columns[f"{key}_{j}"] = value[:, j].tolist()
-                    continue
-                value = value.reshape(-1).tolist()
-            columns[key] = list(value)
-        size = max((len(v) for v in columns.values()), default=0)
-        self.rows += [{k: v[i] for k, v in columns.items() if i < len(v)} for i in range(size)]
+        if isinstance(outputs, dict):
+            self.rows += prediction_rows(outputs)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        fields: list[str] = []
-        for row in self.rows:
-            fields += [k for k in row if k not in fields]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        write_rows(self.path, self.rows)
 
 
 class JobProgress(Callback):
@@ -165,7 +179,7 @@ class PeakMemory:
 @contextlib.contextmanager
 def _job_log(path: Path) -> Iterator[None]:
     """Send Lightning's messages and Python warnings of a job to its ``log.txt``, off the progress display."""
-    handler = logging.FileHandler(path)
+    handler = logging.FileHandler(path, **TEXT)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "py.warnings")]
     saved = [(lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
@@ -187,6 +201,64 @@ def _job_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
+@contextlib.contextmanager
+def output_lock(output: Path, console: Any = None) -> Iterator[None]:
+    """Hold a report folder for one run: a second run into it is refused with the holder's process id.
+
+    A lock whose process is gone (on this machine) is stale: it is taken over with a message.
+
+    Raises:
+        ZooError: the folder cannot be written, or another run holds it.
+    """
+    lock = output / LOCK_NAME
+    host = socket.gethostname()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _lock_holder(lock)
+                if holder.get("host") != host or _alive(holder.get("pid")):
+                    raise ZooError(
+                        f"{output} is in use by another zoo benchmark (pid {holder.get('pid', '?')} on "
+                        f"{holder.get('host', '?')}, since {holder.get('started_at', '?')}); wait for it or pass "
+                        f"another --output. If that run is gone, delete {lock}") from None
+                lock.unlink(missing_ok=True)
+                if console is not None:
+                    console.print(f"[yellow]took over a stale lock of {output} (pid {holder.get('pid')} has ended)")
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": host, "started_at": _now()}, f)
+            break
+    except OSError as err:
+        raise ZooError(f"cannot write the report folder {output}: {err.strerror or err}") from err
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> dict[str, Any]:
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return {}  # being written, or damaged: held until a person removes it
+    return holder if isinstance(holder, dict) else {}
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def run_job(job: Job, job_dir: Path, progress: Any = None, progress_task: Any = None) -> dict[str, Any]:
     """Run one job in this process and write its ``result.json``; a failure is recorded, not raised."""
     if job_dir.exists():
@@ -202,7 +274,7 @@ def run_job(job: Job, job_dir: Path, progress: Any = None, progress_task: Any = 
     except BaseException as err:  # noqa: BLE001 - a failed job is recorded and the others go on
         if isinstance(err, KeyboardInterrupt):
             raise
-        (job_dir / "error.txt").write_text(traceback.format_exc())
+        (job_dir / "error.txt").write_text(traceback.format_exc(), **TEXT)
         result.update(status="failed", error=_error_text(err))
     result["wall_s"] = round(time.perf_counter() - start, 3)
     # CPU seconds of this process over the job: on a shared machine, wall time alone says little
@@ -235,6 +307,7 @@ def _execute(job: Job, job_dir: Path, progress: Any, progress_task: Any) -> dict
     except SystemExit as err:  # jsonargparse exits on a config it refuses; keep its message
         raise ZooError(f"{config_path}: the config was refused: {stderr.getvalue().strip()[-2000:]}") from err
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    used = _record_splits(data)
     with PeakMemory() as memory:
         start = time.perf_counter()
         export = Path(trainer.log_dir or job_dir) / "zoo"
@@ -244,16 +317,19 @@ def _execute(job: Job, job_dir: Path, progress: Any, progress_task: Any) -> dict
             trainer.validate(model, datamodule=data, verbose=False)  # calibrates the decision threshold on validation
             model.save_pretrained(export)
         fit_s = time.perf_counter() - start
+        splits_used = set(used)
         if not export.is_dir():
             raise ZooError(f"{job.id}: no exported checkpoint at {export} after fit")
         tested = load_folder(export)  # the numbers are those of the shipped checkpoint
         start = time.perf_counter()
         out = trainer.test(tested, datamodule=data, verbose=False)
         test_s = time.perf_counter() - start
+        if job.task == "copy_detection":
+            write_train_predictions(tested, data, job_dir / TRAIN_PREDICTIONS_NAME)
     metrics = {k.split("/", 1)[1]: float(v) for k, v in (out[0] if out else {}).items() if k.startswith("test/")}
     if not metrics:
         raise ZooError(f"{job.id}: the test split gave no metrics")
-    train_split = getattr(data, "splits", {}).get("train") if job.trains else None
+    sizes = {split: len(records or []) for split, records in getattr(data, "splits", {}).items()}
     return {
         "metrics": metrics,
         "fit_s": round(fit_s, 3),
@@ -263,10 +339,49 @@ def _execute(job: Job, job_dir: Path, progress: Any, progress_task: Any) -> dict
         "params": sum(p.numel() for p in tested.parameters()),
         "epochs": trainer.current_epoch if job.trains else 0,
         "steps": trainer.global_step,
-        "train_size": len(train_split) if train_split is not None else 0,
+        "train_size": labels_used(job, tested, splits_used, sizes),
+        "split_sizes": sizes,
         "export": str(export.relative_to(job_dir)),
         "device": str(tested.device),
     }
+
+
+def _record_splits(data: Any) -> list[str]:
+    """The splits a datamodule hands out from now on (fit, validation, a level map's fit), in order."""
+    used: list[str] = []
+    dataset = getattr(data, "dataset", None)
+    if callable(dataset):
+        def recording(split: str, *args: Any, **kwargs: Any) -> Any:
+            used.append(split)
+            return dataset(split, *args, **kwargs)
+
+        data.dataset = recording
+    return used
+
+
+def labels_used(job: Job, model: Any, splits: set[str], sizes: dict[str, int]) -> int:
+    """Every label a method used before the test: the training split when it trained or fitted on it (e.g. a
+    level map), and the validation split when a binary decision threshold was calibrated on it."""
+    count = sizes.get("train", 0) if job.trains or "train" in splits else 0
+    if getattr(model.task_spec, "binary", False) and getattr(model, "calibrates_threshold", False):
+        count += sizes.get("val", 0)
+    return count
+
+
+@torch.no_grad()
+def write_train_predictions(model: Any, data: Any, path: Path) -> None:
+    """The shipped model's predictions on the training split, with the true levels, in split order."""
+    loader = torch.utils.data.DataLoader(data.dataset("train"), batch_size=getattr(data, "batch_size", 32),
+                                         shuffle=False)
+    was_training = model.training
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    for batch in loader:
+        batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        pred = model.predictions(batch)
+        rows += prediction_rows({**pred, "id": list(batch["id"]), "true_level": batch["level"]})
+    model.train(was_training)
+    write_rows(path, rows)
 
 
 def _result_stub(job: Job) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from zoo import registry
 from zoo.errors import ZooError
 from zoo.tasks import TASK_NAMES
 
-SUITE_KEYS = {"name", "description", "budget_minutes", "seeds", "variant", "trainer", "tasks"}
+SUITE_KEYS = {"name", "description", "budget_minutes", "seeds", "variant", "trainer", "tasks", "limitations"}
 TASK_KEYS = {"data", "methods", "grid", "trainer", "seeds"}
 METHOD_KEYS = {"name", "variant", "init_args", "config", "trainer", "label"}
 GRID_ROOTS = ("model", "data", "trainer")
@@ -93,6 +93,34 @@ class Suite:
     jobs: list[Job]
     budget_minutes: float | None = None
     description: str = ""
+    limitations: list[str] = field(default_factory=list)  # what the suite cannot show, said in the report
+
+
+# the folders a wheel ships inside the package (zoo/suites, zoo/configs) and a checkout keeps at its root
+_CHECKOUT_NAMES = {"suites": "benchmarks", "configs": "configs"}
+
+
+def shipped(folder: str) -> Path:
+    """The installed ``zoo/suites`` or ``zoo/configs`` folder, or the source checkout's ``benchmarks``/``configs``."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / folder
+    return installed if installed.is_dir() else package.parent / _CHECKOUT_NAMES[folder]
+
+
+def find_suite(name: str | Path) -> Path:
+    """A suite file by path, or a shipped suite by name (``mini``, ``fake_detection_cross``, ``benchmarks/mini.yaml``).
+
+    Raises:
+        ZooError: no such file, and no shipped suite of that name; the message lists the shipped ones.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = shipped("suites") / (path.name if path.suffix else path.name + ".yaml")
+    if candidate.is_file():
+        return candidate
+    names = ", ".join(sorted(p.stem for p in shipped("suites").glob("*.yaml")))
+    raise ZooError(f"benchmark suite {name} not found (shipped suites: {names or 'none'})")
 
 
 def load_suite(
@@ -107,9 +135,7 @@ def load_suite(
         ZooError: the file is missing, is not YAML, or a key is unknown or has the wrong type; the
             message names the file and the key.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ZooError(f"benchmark suite {path} not found")
+    path = find_suite(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -193,7 +219,11 @@ def parse_suite(
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ZooError(f"{where}: two jobs would share the id {dup!r}; give the methods distinct labels")
-    return Suite(name=name, path=where, jobs=jobs, budget_minutes=budget, description=raw.get("description", ""))
+    limitations = raw.get("limitations", [])
+    if not isinstance(limitations, list) or not all(isinstance(x, str) for x in limitations):
+        raise ZooError(f"{where}: key 'limitations' must be a list of sentences")
+    return Suite(name=name, path=where, jobs=jobs, budget_minutes=budget, description=raw.get("description", ""),
+                 limitations=limitations)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -327,11 +357,13 @@ def _component(raw: Any, where: str, key: str) -> dict[str, Any]:
 
 
 def _read_config(value: Any, where: str, key: str) -> tuple[Path, dict[str, Any]]:
-    """A method's LightningCLI config file, relative to the working folder or to the suite's project."""
+    """A method's LightningCLI config file: relative to the working folder, the suite's project, or shipped."""
     path = Path(str(value))
     if not path.is_file():
-        # benchmarks/<suite>.yaml names configs/... from the project root
+        # benchmarks/<suite>.yaml names configs/... from the project root (zoo/suites -> zoo/configs installed)
         path = Path(where).resolve().parent.parent / str(value)
+    if not path.is_file() and Path(str(value)).parts[:1] == ("configs",):
+        path = shipped("configs").joinpath(*Path(str(value)).parts[1:])
     if not path.is_file():
         raise ZooError(f"{where}: key {key}: config file {value} not found")
     try:
