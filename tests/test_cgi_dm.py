@@ -258,3 +258,45 @@ def _tiny_model():
     from zoo_cgi_dm.lightning_model import CGIDM
 
     return CGIDM.from_variant("tiny", **TINY_PGD)
+
+
+def test_diffusers_lora_weights_load_as_the_file_and_as_its_folder(tmp_path):
+    """A ``pytorch_lora_weights.safetensors`` as diffusers' training scripts write it (``unet.`` keys)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+    from zoo_cgi_dm import models
+
+    torch.manual_seed(0)
+    base_unet = tiny_unet(conditional=True).eval()
+    base = models.DiffusionModel("tiny-base", base_unet, tiny_scheduler())
+    tuned = tiny_unet(conditional=True).eval()
+    tuned.load_state_dict(base_unet.state_dict())
+    # random B as well as A, so that the adapter changes the output
+    tuned.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(tuned))
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=layers)
+    file = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    assert next(iter(load_file(str(file)))).startswith("unet.") and ".lora.down." in next(iter(load_file(str(file))))
+    x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 4, 32)
+    with torch.no_grad():
+        expected = tuned(x, t, encoder_hidden_states=context).sample
+        untouched = base_unet(x, t, encoder_hidden_states=context).sample
+        assert (expected - untouched).abs().max() > 1e-3
+        for source in (file, file.parent):
+            loaded = models.apply_lora(base, str(source))
+            torch.testing.assert_close(loaded.unet(x, t, encoder_hidden_states=context).sample, expected,
+                                       atol=1e-5, rtol=1e-4)
+        # the base model itself is left as it was
+        torch.testing.assert_close(base_unet(x, t, encoder_hidden_states=context).sample, untouched)
+    # a LoRA of the text encoder too is refused by name, not half applied
+    state = load_file(str(file))
+    state["text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora.down.weight"] = torch.zeros(4, 32)
+    save_file(state, str(tmp_path / "te.safetensors"))
+    with pytest.raises(ZooError, match="text encoder"):
+        models.apply_lora(base, str(tmp_path / "te.safetensors"))
+    with pytest.raises(ZooError, match="no diffusers LoRA weights"):
+        models.apply_lora(base, str(tmp_path / "empty"))

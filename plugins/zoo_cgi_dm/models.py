@@ -124,15 +124,39 @@ def apply_lora(base: DiffusionModel, adapter: str) -> DiffusionModel:
     if (folder / "adapter_config.json").is_file():
         _apply_peft(unet, folder, base.source)
     elif hasattr(unet, "load_lora_adapter"):
-        try:
-            unet.load_lora_adapter(adapter, prefix=None)
-            unet.fuse_lora()
-        except (OSError, ValueError, RuntimeError, KeyError) as err:
-            raise ZooError(f"LoRA weights {adapter!r} do not fit the base UNet of {base.source!r}: {err}") from err
+        _apply_diffusers_lora(unet, folder, base.source)
     else:
         raise ZooError(f"{adapter!r} holds no adapter_config.json (a peft LoRA adapter), and the base UNet of "
                        f"{base.source!r} ({type(unet).__name__}) takes no diffusers LoRA weights")
     return DiffusionModel(adapter, unet, base.scheduler, base.tokenizer, base.text_encoder)
+
+
+def _apply_diffusers_lora(unet: nn.Module, path: Path, base_source: str) -> None:
+    """Merge diffusers LoRA weights (``pytorch_lora_weights.safetensors``, the file or its folder) into ``unet``.
+
+    The keys are those diffusers' training scripts write (``unet.<module>.lora.down.weight``, or peft's
+    ``lora_A``/``lora_B``, with optional ``.alpha``); diffusers' own loader reads and converts them. Only
+    safetensors are read.
+    """
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    folder, weight_name = (path.parent, path.name) if path.is_file() else (path, None)
+    try:
+        state, alphas = StableDiffusionLoraLoaderMixin.lora_state_dict(
+            str(folder), weight_name=weight_name, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        raise ZooError(f"{path}: no diffusers LoRA weights (pytorch_lora_weights.safetensors) and no peft "
+                       f"adapter_config.json: {err}") from err
+    text = sorted(k for k in state if k.startswith(("text_encoder.", "lora_te")))
+    if text:
+        raise ZooError(f"LoRA weights {path} also fine-tune the text encoder ({text[0]!r}); CGI-DM takes the text "
+                       "encoder from the pretrained model, so give a UNet-only LoRA or a full pipeline folder")
+    prefix = "unet" if any(k.startswith("unet.") for k in state) else None
+    try:
+        unet.load_lora_adapter(state, prefix=prefix, network_alphas=alphas)
+        unet.fuse_lora()
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise ZooError(f"LoRA weights {path} do not fit the base UNet of {base_source!r}: {err}") from err
 
 
 def _apply_peft(unet: nn.Module, folder: Path, base_source: str) -> None:
