@@ -17,13 +17,14 @@ import torch
 import yaml
 
 import zoo.gallery as gallery
-from zoo import cli
+from zoo import cli, registry
 from zoo.data import mini
 from zoo.errors import ZooError
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-METHOD = "gallery_fixture_method.GalleryFixtureMethod"
+METHOD = "GalleryFixtureMethod"
+ENTRY = registry.Entry(METHOD, "gallery_fixture_method:GalleryFixtureMethod", "tests")
 FAST = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
 
 
@@ -58,6 +59,12 @@ def mini_gallery(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "gallery": root / "gallery", "copier": root / "copier", "styler": root / "styler"}
 
 
+@pytest.fixture(autouse=True)
+def fixture_method_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``GalleryFixtureMethod`` registered, as an installed plugin's method would be."""
+    monkeypatch.setitem(registry.methods.entries, METHOD, ENTRY)
+
+
 def _zoo(*args: str) -> int:
     return cli.main(list(args))
 
@@ -75,7 +82,7 @@ def test_embed_index_match_mini_suite(mini_gallery: dict[str, Path], tmp_path: P
     report_dir = tmp_path / "report"
     assert _zoo("replication-ratio", "--gallery", str(out), "--generated", f"copier={mini_gallery['copier']}",
                 f"styler={mini_gallery['styler']}", "--output", str(report_dir), "--k", "5",
-                "--threshold", "3", "--bootstrap", "500", *FAST) == 0
+                "--threshold", "3", *FAST) == 0
     report = json.loads((report_dir / "report.json").read_text())["generators"]
     copier, styler = report["copier"], report["styler"]
     assert copier["count"] == styler["count"] == 20
@@ -105,7 +112,7 @@ def test_ivfpq_index_and_query_embeddings_reused(mini_gallery: dict[str, Path], 
     assert info["type"] == "ivfpq" and info["count"] == 60 and info["nlist"] == 2
     queries = gallery.embed(mini_gallery["copier"], tmp_path / "q", method, shard_size=25, dtype="float32",
                             trainer=trainer)
-    report = gallery.match(out, {"copier": queries}, tmp_path / "r", k=4, bootstrap=100, trainer=trainer)
+    report = gallery.match(out, {"copier": queries}, tmp_path / "r", k=4, trainer=trainer)
     assert report["generators"]["copier"]["replication_ratio"] > 0.3
 
 
@@ -143,7 +150,10 @@ def _gallery_ids_and_vectors(out: Path) -> dict[str, torch.Tensor]:
 def test_ddp_two_cpu_processes_equal_single_process(mini_gallery: dict[str, Path], tmp_path: Path) -> None:
     # the launcher re-runs this script for rank 1, as it would re-run the `zoo` console script
     script = tmp_path / "zoo_main.py"
-    script.write_text("import sys\nimport zoo.gallery\nfrom zoo.cli import main\nsys.exit(main())\n")
+    script.write_text(
+        "import sys\nfrom zoo import registry\nfrom zoo.cli import main\n"
+        f"registry.methods.entries[{METHOD!r}] = registry.{ENTRY!r}\nsys.exit(main())\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     common = ["embed", "--gallery", str(mini_gallery["gallery"]), "--model", METHOD, "--variant", "tiny",
@@ -181,12 +191,12 @@ def test_webdataset_and_parquet_galleries(tmp_path: Path) -> None:
                 tar.addfile(info, io.BytesIO(data))
     catalog = gallery.Catalog.scan(tmp_path / "part-0.tar")
     assert catalog.ids == [f"k{i:02d}" for i in range(5)]
-    assert gallery._Reader(catalog).load(3).getpixel((0, 0)) == (120, 0, 0)
+    assert gallery.ImageReader(catalog).load(3).getpixel((0, 0)) == (120, 0, 0)
 
     frame = pd.DataFrame({"key": [f"p{i}" for i in range(6)], "jpg": [{"bytes": _png(i), "path": ""} for i in range(6)]})
     frame.to_parquet(tmp_path / "shards.parquet", row_group_size=4)
     catalog = gallery.Catalog.scan(tmp_path / "shards.parquet", id_column="key", image_column="jpg")
-    assert len(catalog) == 6 and gallery._Reader(catalog).load(5).getpixel((0, 0)) == (5, 0, 0)
+    assert len(catalog) == 6 and gallery.ImageReader(catalog).load(5).getpixel((0, 0)) == (5, 0, 0)
     with pytest.raises(ZooError, match="no column 'image'"):
         gallery.Catalog.scan(tmp_path / "shards.parquet", id_column="key")
 
@@ -217,12 +227,12 @@ def test_bad_input_is_named(mini_gallery: dict[str, Path], tmp_path: Path) -> No
     other = gallery.embed(mini_gallery["styler"], tmp_path / "wide", gallery.load_method(METHOD, "tiny", {"dim": 48}),
                           trainer=trainer)
     with pytest.raises(ZooError, match="other weights"):
-        gallery.match(out, {"wide": other}, tmp_path / "r", bootstrap=10)
+        gallery.match(out, {"wide": other}, tmp_path / "r")
     manifest = json.loads((other / "gallery.json").read_text())
     manifest["model_sha256"] = json.loads((out / "gallery.json").read_text())["model_sha256"]
     (other / "gallery.json").write_text(json.dumps(manifest))
     with pytest.raises(ZooError, match="dimension 48.*has 32"):
-        gallery.match(out, {"wide": other}, tmp_path / "r", bootstrap=10)
+        gallery.match(out, {"wide": other}, tmp_path / "r")
     assert _zoo("match", "--gallery", str(out), "--generated", "nameless", "--output", str(tmp_path / "r")) == 2
 
 

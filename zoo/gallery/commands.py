@@ -1,0 +1,112 @@
+"""The ``zoo embed``, ``zoo index`` and ``zoo match`` commands: options parsed, then one library call each.
+
+Every option can also come from a YAML file with ``--config`` (see ``configs/gallery/``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoo.errors import ZooError
+from zoo.tasks.copy_detection import COPY_FROM_LEVEL
+
+
+def _parser(prog: str, description: str | None, trainer: bool = False) -> Any:
+    import lightning.pytorch as pl
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
+    if trainer:
+        parser.add_class_arguments(pl.Trainer, "trainer", skip={"callbacks", "logger", "plugins", "profiler"})
+    return parser
+
+
+def cmd_embed(argv: list[str]) -> int:
+    """Embed a gallery into descriptor shards with Lightning predict (resumable, DDP-ready)."""
+    from zoo.gallery.embedding import embed
+    from zoo.gallery.methods import DEFAULT_SEED, load_method
+
+    parser = _parser("zoo embed", cmd_embed.__doc__, trainer=True)
+    parser.add_argument("--gallery", type=str, required=True, help="folder of images, .tar or .parquet shard(s)")
+    parser.add_argument("--output", type=str, required=True, help="folder of the shards")
+    parser.add_argument("--model", type=str, required=True,
+                        help="registry name, zoo checkpoint folder or hf-hub:org/name")
+    parser.add_argument("--variant", type=str | None, default=None, help="named variant of a registry method")
+    parser.add_argument("--model_args", type=dict[str, Any], default={}, help="constructor arguments")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="seed of a registry method's initialisation (the same on a resumed run)")
+    parser.add_argument("--shard_size", type=int, default=10_000)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers decoding images")
+    parser.add_argument("--dtype", type=str, default="float16", help="float16 or float32")
+    parser.add_argument("--image_size", type=int, default=224, help="default transform size")
+    parser.add_argument("--id_column", type=str, default="id")
+    parser.add_argument("--image_column", type=str, default="image")
+    cfg = parser.parse_args(argv)
+    method = load_method(cfg.model, cfg.variant, cfg.model_args, seed=cfg.seed)
+    out = embed(cfg.gallery, cfg.output, method, shard_size=cfg.shard_size, batch_size=cfg.batch_size,
+                num_workers=cfg.num_workers, dtype=cfg.dtype, image_size=cfg.image_size, id_column=cfg.id_column,
+                image_column=cfg.image_column, trainer=cfg.trainer.as_dict(),
+                method_spec={"model": cfg.model, "variant": cfg.variant, "model_args": cfg.model_args,
+                             "seed": cfg.seed})
+    print(f"embedded {cfg.gallery} into {out}")
+    return 0
+
+
+def cmd_index(argv: list[str]) -> int:
+    """Build the FAISS index (flat, IVF or IVF-PQ) of an embedded gallery."""
+    from zoo.gallery.index import INDEX_TYPES, build_index
+
+    parser = _parser("zoo index", cmd_index.__doc__)
+    parser.add_argument("--gallery", type=str, required=True, help="output folder of `zoo embed`")
+    parser.add_argument("--index_type", type=str, default="auto", help=", ".join(INDEX_TYPES))
+    parser.add_argument("--flat_max", type=int, default=200_000, help="auto: largest gallery indexed exactly")
+    parser.add_argument("--nlist", type=int | None, default=None, help="IVF lists (default: power of 2 near sqrt N)")
+    parser.add_argument("--pq_m", type=int, default=64, help="PQ sub-quantisers")
+    parser.add_argument("--pq_bits", type=int, default=8, help="bits per PQ code: 4 (fast-scan) or 8")
+    parser.add_argument("--opq", type=bool, default=False, help="rotate with OPQ before PQ")
+    parser.add_argument("--train_size", type=int | None, default=None,
+                        help="descriptors sampled for training (default: samples_per_list x nlist)")
+    parser.add_argument("--samples_per_list", type=int, default=64)
+    parser.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query")
+    parser.add_argument("--seed", type=int, default=0)
+    cfg = parser.parse_args(argv)
+    path = build_index(cfg.gallery, cfg.index_type, cfg.flat_max, cfg.nlist, cfg.pq_m, cfg.pq_bits, cfg.opq,
+                       cfg.train_size, cfg.samples_per_list, cfg.nprobe, cfg.seed)
+    print(f"indexed {cfg.gallery} into {path}")
+    return 0
+
+
+def cmd_match(argv: list[str]) -> int:
+    """Replication ratio of generators against an indexed gallery (re-ranked by predicted level)."""
+    from zoo.gallery.match import match
+
+    parser = _parser("zoo match", cmd_match.__doc__, trainer=True)
+    parser.add_argument("--gallery", type=str, required=True, help="embedded and indexed gallery")
+    parser.add_argument("--generated", type=str, nargs="+", required=True,
+                        help="NAME=PATH per generator: its images, or its `zoo embed` output")
+    parser.add_argument("--output", type=str, required=True)
+    parser.add_argument("--k", type=int, default=10, help="candidates re-ranked per generated image")
+    parser.add_argument("--threshold", type=float, default=float(COPY_FROM_LEVEL),
+                        help="best level counted as replication (default: the task's copy level, 3)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="level of the Wilson interval")
+    parser.add_argument("--top", type=int, default=16, help="pairs per contact sheet")
+    parser.add_argument("--nprobe", type=int | None, default=None)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_workers", type=int, default=0)
+    # generated images are embedded inside this process: one device unless told otherwise
+    parser.set_defaults({"trainer.devices": 1, "trainer.enable_progress_bar": False})
+    cfg = parser.parse_args(argv)
+    generated = {}
+    for item in cfg.generated:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ZooError(f"--generated {item!r}: write NAME=PATH")
+        if name in generated:
+            raise ZooError(f"--generated: generator {name!r} is given twice")
+        generated[name] = path
+    match(cfg.gallery, generated, cfg.output, k=cfg.k, threshold=cfg.threshold, confidence=cfg.confidence,
+          top=cfg.top, nprobe=cfg.nprobe, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+          trainer=cfg.trainer.as_dict())
+    return 0

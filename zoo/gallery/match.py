@@ -1,0 +1,155 @@
+"""``zoo match``: the best gallery match of each generated image, re-ranked by the predicted level.
+
+For each generator (a folder of its images, embedded first, or the output of ``zoo embed``), the
+top-``k`` gallery candidates by cosine similarity are re-ranked by the method's predicted replication
+level of each pair (``pair_from_embeddings``, e.g. PDF-Embedding's six-level PDF), from the stored
+descriptors. The method is the one saved in the gallery's ``model/`` folder, read as data with
+``zoo.module.load_folder``: nothing that ``gallery.json`` or ``model/config.json`` names is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zoo.errors import ZooError
+from zoo.gallery.embedding import embed
+from zoo.gallery.index import INDEX_FILE, normalised, read_ids, read_index
+from zoo.gallery.methods import check_retrieval, fingerprint
+from zoo.gallery.report import contact_sheet, write_report
+from zoo.gallery.shards import MANIFEST, MODEL_DIR, gallery_vectors, iter_shards, read_manifest
+from zoo.gallery.statistics import level_histogram, replication_ratio
+from zoo.tasks.copy_detection import COPY_FROM_LEVEL, NUM_LEVELS
+
+PAIR_CHUNK = 8192  # candidate pairs scored per call of pair_from_embeddings
+
+
+@dataclass
+class GeneratorResult:
+    """The best gallery match of each generated image of one generator."""
+
+    name: str
+    ids: list[str]
+    match_ids: list[str]
+    similarity: np.ndarray
+    level: np.ndarray
+    pdf: np.ndarray | None
+    threshold: float
+    ratio: float = 0.0
+    ci: tuple[float, float] = (0.0, 0.0)
+    histogram: list[int] = field(default_factory=list)
+
+
+def load_gallery_method(gallery: Path, manifest: Mapping[str, Any]) -> Any:
+    """The method saved with an embedded gallery, built as data and checked against its fingerprint."""
+    from zoo.module import load_folder
+
+    folder = gallery / MODEL_DIR
+    try:
+        method = load_folder(folder)
+    except ZooError as err:
+        raise ZooError(f"the method of the gallery {gallery} cannot be loaded: {err}") from err
+    check_retrieval(method, str(folder))
+    if fingerprint(method) != manifest["model_sha256"]:
+        raise ZooError(f"{folder} does not hold the weights the gallery was embedded with")
+    return method
+
+
+def match(gallery: str | Path, generated: Mapping[str, str | Path], output: str | Path, *, k: int = 10,
+          threshold: float = float(COPY_FROM_LEVEL), confidence: float = 0.95, top: int = 16,
+          nprobe: int | None = None, batch_size: int = 64, num_workers: int = 0,
+          trainer: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Replication ratio of each generator against an embedded, indexed gallery.
+
+    Args:
+        gallery: the output folder of ``zoo embed`` + ``zoo index``.
+        generated: generator name -> a folder/shard source of its images, or a ``zoo embed`` output folder.
+        output: where the report, the matches and the figures are written.
+        k: gallery candidates retrieved per generated image before re-ranking.
+        threshold: a generation replicates when its best predicted level is at least this.
+        confidence: level of the Wilson interval of the ratio.
+        top: pairs shown in each contact sheet.
+        nprobe: IVF lists visited per query (default: the index's).
+        batch_size: images per batch when generated images are embedded first.
+        num_workers: DataLoader workers for that.
+        trainer: Trainer arguments for that.
+
+    Returns:
+        the report written to ``report.json``.
+    """
+    if not 0 < confidence < 1:
+        raise ZooError(f"--confidence {confidence}: give a level between 0 and 1")
+    if k < 1:
+        raise ZooError(f"--k {k}: give at least 1 candidate")
+    gallery, output = Path(gallery), Path(output)
+    manifest = read_manifest(gallery)
+    index, index_info = read_index(gallery, manifest, nprobe)
+    method = load_gallery_method(gallery, manifest)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ZooError(f"--output {output} cannot be written: {err.strerror or err}") from err
+    results = []
+    for name, source in generated.items():
+        queries = Path(source)
+        if not (queries / MANIFEST).is_file():
+            queries = embed(source, output / "embeddings" / name, method, shard_size=manifest["shard_size"],
+                            batch_size=batch_size, num_workers=num_workers, dtype=manifest["dtype"],
+                            trainer={"devices": 1, "enable_progress_bar": False, **(trainer or {})})
+        result = _match_generator(name, queries, gallery, manifest, index, method, k, threshold)
+        result.ratio, result.ci = replication_ratio(result.level, threshold, confidence)
+        result.histogram = level_histogram(result.level)
+        results.append(result)
+        contact_sheet(result, read_manifest(queries), manifest, top, output / f"contact_{name}.png")
+    return write_report(results, output, k=k, threshold=threshold, confidence=confidence, index=index_info)
+
+
+def _match_generator(name: str, queries: Path, gallery: Path, manifest: Mapping[str, Any], index: Any,
+                     method: Any, k: int, threshold: float) -> GeneratorResult:
+    query_manifest = read_manifest(queries)
+    if query_manifest["model_sha256"] != manifest["model_sha256"]:
+        raise ZooError(f"{queries} was embedded with other weights than the gallery {gallery}")
+    parts = list(iter_shards(queries, query_manifest))
+    ids = [id_ for _, shard_ids, _ in parts for id_ in shard_ids]
+    embeddings = torch.cat([e for _, _, e in parts])
+    if embeddings.shape[1] != index.d:
+        raise ZooError(
+            f"descriptors of {name} ({queries}) have dimension {embeddings.shape[1]}, "
+            f"the gallery index {gallery / INDEX_FILE} has {index.d}"
+        )
+    k = min(k, index.ntotal)
+    similarity, positions = index.search(normalised(embeddings), k)
+    candidates = gallery_vectors(gallery, manifest, positions)
+    level = torch.full((len(ids), k), -1.0)
+    pdf = None
+    flat_q = embeddings.repeat_interleave(k, dim=0)
+    flat_g = candidates.reshape(-1, embeddings.shape[1])
+    with torch.no_grad():
+        for start in range(0, len(flat_q), PAIR_CHUNK):
+            end = start + PAIR_CHUNK
+            out = method.pair_from_embeddings(flat_q[start:end], flat_g[start:end])
+            level.view(-1)[start:end] = out["level"].float().cpu()
+            if out.get("pdf") is not None:
+                if pdf is None:
+                    pdf = torch.zeros(len(ids) * k, NUM_LEVELS)
+                pdf[start:end] = out["pdf"].float().cpu()
+    level[torch.from_numpy(positions < 0)] = -1.0  # FAISS pads with -1 when fewer than k are found
+    best = best_candidate(level.numpy(), similarity)
+    rows = np.arange(len(ids))
+    ids_map = read_ids(gallery)
+    return GeneratorResult(
+        name=name, ids=ids, match_ids=[ids_map[p] if p >= 0 else "" for p in positions[rows, best]],
+        similarity=similarity[rows, best], level=level.numpy()[rows, best],
+        pdf=None if pdf is None else pdf.view(len(ids), k, NUM_LEVELS).numpy()[rows, best], threshold=threshold,
+    )
+
+
+def best_candidate(level: np.ndarray, similarity: np.ndarray) -> np.ndarray:
+    """Column of the highest level in each row, the highest similarity among equal levels."""
+    top = level.max(axis=1, keepdims=True)
+    return np.where(level == top, similarity, -np.inf).argmax(axis=1)
