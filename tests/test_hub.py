@@ -11,9 +11,11 @@ of released checkpoints.
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -42,7 +44,7 @@ class ReleasedStats(ZooModule):
     paper = "(test method)"
     variants = {"tiny": {}}
 
-    def __init__(self, width: int = 3) -> None:
+    def __init__(self, width: int = 3, options: dict | None = None) -> None:
         super().__init__()
         self.head = nn.Linear(width, 1)
 
@@ -157,15 +159,18 @@ def test_publish_download_and_offline_load(trained, server, online, monkeypatch,
     assert len(server.requests) == seen
 
 
-def test_push_to_hub_refuses_to_overwrite(trained, server, online):
+def test_push_to_hub_commits_on_top(trained, server, online):
     model, *_ = trained
     first = model.push_to_hub("org/twice", endpoint=server.url)
-    with pytest.raises(ZooError, match=r"org/twice@main already has README.md, config.json, model.safetensors"):
-        model.push_to_hub("org/twice", endpoint=server.url)
-    assert server.files("org/twice")["model.safetensors"] == server.files("org/twice", first.rsplit("/", 1)[1])[
-        "model.safetensors"]
-    again = model.push_to_hub("org/twice", endpoint=server.url, overwrite=True)
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.head.bias.add_(1.0)
+    again = changed.push_to_hub("org/twice", endpoint=server.url)  # as the Hub client does: a new commit
     assert again != first
+    old, new = (server.files("org/twice", url.rsplit("/", 1)[1])["model.safetensors"] for url in (first, again))
+    assert old != new and server.files("org/twice")["model.safetensors"] == new  # the first stays in history
+    with pytest.raises(ZooError, match=r"org/twice@main already has README.md, config.json, model.safetensors"):
+        model.push_to_hub("org/twice", endpoint=server.url, overwrite=False)
     # another revision is another branch, so nothing is overwritten there
     branch = model.push_to_hub("org/twice", endpoint=server.url, revision="v2")
     assert server.repos[("model", "org/twice")].branches["v2"] == branch.rsplit("/", 1)[1]
@@ -232,25 +237,61 @@ def test_released_checkpoint_converted_by_the_importer(trained, server, online, 
     assert torch.equal(predictions(loaded, batch), predictions(reference.eval(), batch))
 
 
+def card_metrics(card: ModelCard) -> dict[str, float]:
+    """The metrics table of a card's text."""
+    rows = re.findall(r"^\| ((?:val|test)/\S+) \| ([-\d.]+) \|$", card.text, re.MULTILINE)
+    return {key: float(value) for key, value in rows}
+
+
 def test_model_card_parses_with_huggingface_hub(trained, server):
     _, folder, metrics, _ = trained
+    assert "test/threshold" in metrics  # logged by the run; a setting of the model, not a metric
     config = json.loads((folder / "config.json").read_text())
-    text = hub.model_card(config, "org/stats", metrics=metrics, dataset="MiniFakeDetection",
+    text = hub.model_card(config, "org/stats", metrics=metrics, dataset="MiniFakeDetection", threshold=0.25,
                           training_config={"trainer": {"max_epochs": 1}, "data": {"class_path": "MiniFakeDetection"}})
     card = ModelCard(text)
-    assert card.data.library_name == "provenance-zoo"
+    assert card.data.library_name == "provenance-zoo" and card.data.pipeline_tag == "image-classification"
     assert {"provenance-zoo", "fake-detection", "ImageStatsDetector"} <= set(card.data.tags)
-    assert card.data.license == "apache-2.0" and card.data.datasets == ["MiniFakeDetection"]
+    assert card.data.license == "apache-2.0"
+    # a mini set is no Hub dataset: described in the text, absent from the metadata and its model-index
     meta = card.data.to_dict()
-    name, results = model_index_to_eval_results(meta["model-index"])
-    assert name == "stats"
-    assert {r.metric_name: r.metric_value for r in results} == pytest.approx(metrics)
-    assert {r.dataset_split for r in results} == {"test"}
+    assert card.data.datasets is None and "model-index" not in meta and "base_model" not in meta
+    assert "`MiniFakeDetection` (mini fake detection" in card.text and "not a dataset on the Hub" in card.text
+    shown = {k: v for k, v in metrics.items() if not k.endswith("/threshold")}
+    assert card_metrics(card) == pytest.approx(shown, abs=1e-4)
+    assert "Decision threshold on the score: 0.2500" in card.text
+    for section in ("## Limitations", "## Citation", "```bibtex", "@software{provenance_zoo"):
+        assert section in card.text
     path = Path(folder.parent / "README.md")
     path.write_text(text)
     assert metadata_load(path)["library_name"] == "provenance-zoo"
     assert 'ZooModule.from_pretrained("hf-hub:org/stats")' in card.text
     assert "(example plugin)" in card.text and "max_epochs: 1" in card.text
+
+    # a Hub dataset id is named in the metadata, with the results on it (the threshold still left out)
+    card = ModelCard(hub.model_card(config, "org/stats", metrics=metrics, dataset="org/real-images"))
+    assert card.data.datasets == ["org/real-images"]
+    name, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    assert name == "stats"
+    assert {r.metric_name: r.metric_value for r in results} == pytest.approx(shown)
+    assert {r.dataset_split for r in results} == {"test"} and {r.dataset_type for r in results} == {"org/real-images"}
+
+
+@pytest.mark.parametrize(("method", "init_args", "base_model"), [
+    ("SSCD", {"trunk": "timm:resnet18", "pretrained": False}, None),  # random init claims nothing
+    ("SSCD", {"trunk": "timm:resnet18.a1_in1k", "pretrained": True}, ["timm/resnet18.a1_in1k"]),
+    ("PDFEmbedding", {"encoder": "deit_base_patch16_224.fb_in1k", "pretrained": True},
+     ["timm/deit_base_patch16_224.fb_in1k"]),  # a bare timm name
+    ("DescriptorSimilarity", {"encoder": "open_clip:ViT-B-32@openai", "pretrained": True},
+     ["timm/vit_base_patch32_clip_224.openai"]),  # where open_clip fetches these weights from
+    ("DescriptorSimilarity", {"encoder": "open_clip:zoo-tiny-clip", "pretrained": True}, None),
+    ("CGIDM", {"encoder": "open_clip:ViT-B-32@openai", "encoder_pretrained": False}, None),
+])
+def test_model_card_base_model_is_the_pretrained_encoder_really_loaded(method, init_args, base_model):
+    cls = registry.methods.load(method)
+    card = ModelCard(hub.model_card({"name": method, "task": cls.task, "init_args": init_args}, "org/m"))
+    assert card.data.base_model == base_model
+    assert card.data.pipeline_tag == hub.PIPELINE_TAGS.get(cls.task)
 
 
 def read_metrics(root: Path) -> dict[str, str]:

@@ -1,19 +1,21 @@
 """Checkpoints on the Hugging Face Hub: publish, download by short name, load offline, model cards.
 
 A zoo checkpoint is a folder with ``config.json`` and ``model.safetensors`` (``ZooModule.save_pretrained``).
-It is named by its folder, by ``hf-hub:org/name[@revision]``, or by a short name from the registry of
-known checkpoints (``zoo/pretrained.json``, plus the JSON file that ``$ZOO_PRETRAINED`` names), like
-timm's pretrained tags: ``pdf_embedding.exponential_drep`` -> repo id, revision, sha256. Checkpoints
-released by a paper's authors in their own format are converted on download by the method's importer
-(``convert_released``) and kept, converted, in the Hugging Face cache.
+It is named by its folder, by ``hf-hub:org/name[@revision]`` or plainly ``org/name`` (as
+``ModelHubMixin`` takes it), or by a short name from the registry of known checkpoints
+(``zoo/pretrained.json``, plus the JSON file that ``$ZOO_PRETRAINED`` names), like timm's pretrained
+tags: ``pdf_embedding.exponential_drep`` -> repo id, revision, sha256. Checkpoints released by a paper's
+authors in their own format are converted on download by the method's importer (``convert_released``)
+and kept, converted, in the Hugging Face cache.
 
 Everything goes through ``huggingface_hub``, so ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE``
-and ``HF_TOKEN`` behave as everywhere else. Only JSON and safetensors are downloaded for zoo checkpoints;
-a token is passed to the client and never printed.
+and ``HF_TOKEN`` behave as everywhere else. Only JSON and safetensors are downloaded for zoo checkpoints,
+and a downloaded ``config.json`` is checked as data (registered method, known arguments, no class
+paths) before anything is built from it. A token is passed to the client and never printed.
 
 Example:
     >>> url = publish("runs/pdf/version_0/zoo", "org/pdf-embedding-tiny", metrics={"test/accuracy": 0.9})
-    >>> model = ZooModule.from_pretrained("hf-hub:org/pdf-embedding-tiny")
+    >>> model = ZooModule.from_pretrained("org/pdf-embedding-tiny")
     >>> model = ZooModule.from_pretrained("pdf_embedding.exponential_drep")
 """
 
@@ -22,9 +24,12 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import inspect
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +48,16 @@ DEFAULT_LICENSE = "apache-2.0"
 REGISTRY_FILE = Path(__file__).with_name("pretrained.json")
 REGISTRY_ENV = "ZOO_PRETRAINED"  # a JSON file of more known checkpoints, e.g. an organisation's own
 CONVERTED_DIR = "provenance-zoo"  # released checkpoints, converted, under the Hugging Face cache
+# the Hub's pipeline tags for the tasks that have one (copyright and attribution take a model pair: none fits)
+PIPELINE_TAGS = {"fake_detection": "image-classification", "copy_detection": "image-feature-extraction"}
+# init arguments that name an image encoder, possibly as a bare timm name
+ENCODER_ARGS = ("encoder", "backbone", "trunk")
+ZOO_BIBTEX = """@software{provenance_zoo,
+  title = {provenance-zoo: a PyTorch Lightning model zoo for the provenance of images},
+  url = {https://pypi.org/project/provenance-zoo/},
+  year = {2026}
+}"""
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,25 @@ class Pretrained:
     init_args: dict[str, Any] = field(default_factory=dict)  # constructor arguments for the importer
     description: str = ""
     source: str = ""
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files fetched from the Hub for this checkpoint."""
+        return (self.filename,) if self.filename else FILES
+
+    @property
+    def verified(self) -> bool:
+        """Whether every fetched file has a pinned sha256, so that nothing else is ever loaded under this name."""
+        return all(name in self.sha256 for name in self.files)
+
+    def verification(self) -> str:
+        """The verification state, in words."""
+        branch = "" if _COMMIT.fullmatch(self.revision) else f"revision {self.revision!r} is a branch, not a commit"
+        if self.verified:
+            return "verified: sha256 pinned" + (f" ({branch})" if branch else f" at commit {self.revision[:12]}")
+        unpinned = ", ".join(name for name in self.files if name not in self.sha256)
+        return (f"UNVERIFIED: no sha256 pinned for {unpinned}" + (f", {branch}" if branch else "")
+                + "; whatever the repo holds now is loaded")
 
 
 def known_checkpoints(path: str | Path | None = None) -> dict[str, Pretrained]:
@@ -81,13 +115,37 @@ def known_checkpoints(path: str | Path | None = None) -> dict[str, Pretrained]:
     return found
 
 
+def check_repo_id(repo_id: str, where: str = "repo id") -> str:
+    """``repo_id`` if the Hub accepts it as ``org/name``; a one-line ZooError otherwise."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ZooError(f"{where} {repo_id!r} is not a valid Hub repo id (org/name): {err}") from err
+    return repo_id
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """Whether ``text`` has the form ``org/name`` of a Hub repo id (it may still be a missing local path)."""
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        return False
+    try:
+        check_repo_id(text)
+    except ZooError:
+        return False
+    return True
+
+
 # ------------------------------------------------------------------------------------------- loading
 def resolve(source: str | Path, revision: str | None = None, cache_dir: str | None = None,
             local_files_only: bool | None = None, token: str | None = None, endpoint: str | None = None) -> Path:
-    """The local folder of a zoo checkpoint: a folder, ``hf-hub:org/name[@rev]`` or a registry short name.
+    """The local folder of a zoo checkpoint: a folder, ``hf-hub:org/name[@rev]``, ``org/name`` or a short name.
 
-    Hub checkpoints come from the Hugging Face cache when present; with ``HF_HUB_OFFLINE=1`` or
-    ``local_files_only=True`` nothing is asked of the network. Pinned sha256 digests are verified.
+    A string that is not an existing path nor a known short name, and has the form ``org/name``, is a
+    Hub repo id. Hub checkpoints come from the Hugging Face cache when present; with ``HF_HUB_OFFLINE=1``
+    or ``local_files_only=True`` nothing is asked of the network. Pinned sha256 digests are verified.
     """
     return _fetch(source, revision=revision, cache_dir=cache_dir, local_files_only=bool(local_files_only),
                   token=token, endpoint=endpoint)
@@ -96,20 +154,18 @@ def resolve(source: str | Path, revision: str | None = None, cache_dir: str | No
 def download(source: str, revision: str | None = None, cache_dir: str | None = None, token: str | None = None,
              endpoint: str | None = None, force: bool = False) -> Path:
     """Fetch a checkpoint (short name, ``hf-hub:org/name`` or ``org/name``) into the cache; its local folder."""
-    bare_repo_id = "/" in source and not Path(source).exists() and source not in known_checkpoints()
-    if bare_repo_id and not source.startswith(HUB_PREFIX):
-        source = HUB_PREFIX + source
     return _fetch(source, revision=revision, cache_dir=cache_dir, local_files_only=False, token=token,
-                  endpoint=endpoint, force=force)
+                  endpoint=endpoint, force=force, command=True)
 
 
 def _fetch(source: str | Path, *, revision: str | None, cache_dir: str | None, local_files_only: bool,
-           token: str | None, endpoint: str | None, force: bool = False) -> Path:
+           token: str | None, endpoint: str | None, force: bool = False, command: bool = False) -> Path:
     text = str(source)
-    hub = dict(cache_dir=cache_dir, local_files_only=local_files_only, token=token, endpoint=endpoint, force=force)
+    hub = dict(cache_dir=cache_dir, local_files_only=local_files_only, token=token, endpoint=endpoint, force=force,
+               command=command)
     if text.startswith(HUB_PREFIX):
         repo_id, _, at = text[len(HUB_PREFIX):].partition("@")
-        return _snapshot(repo_id, revision or at or None, label=text, sha256={}, **hub)
+        return _snapshot(check_repo_id(repo_id, text), revision or at or None, label=text, **hub)
     path = Path(text)
     if path.is_dir():
         return path
@@ -118,18 +174,21 @@ def _fetch(source: str | Path, *, revision: str | None, cache_dir: str | None, l
         entry = known[text]
         if entry.filename is not None:
             return _released(entry, revision, **hub)
-        return _snapshot(entry.repo_id, revision or entry.revision, label=text, sha256=entry.sha256, **hub)
+        return _snapshot(entry.repo_id, revision or entry.revision, label=text, entry=entry, **hub)
+    if not path.exists() and looks_like_repo_id(text):
+        return _snapshot(text, revision, label=text, **hub)
     raise ZooError(
-        f"checkpoint {text!r} is not a folder, an 'hf-hub:org/name' id or a known short name "
-        f"(`zoo list --pretrained` shows them)"
+        f"checkpoint {text!r} is not a folder, an 'org/name' or 'hf-hub:org/name' repo id, nor a known short "
+        f"name (`zoo list --pretrained` shows them)"
     )
 
 
-def _snapshot(repo_id: str, revision: str | None, *, label: str, sha256: dict[str, str], cache_dir: str | None,
-              local_files_only: bool, token: str | None, endpoint: str | None, force: bool) -> Path:
+def _snapshot(repo_id: str, revision: str | None, *, label: str, cache_dir: str | None, local_files_only: bool,
+              token: str | None, endpoint: str | None, force: bool, command: bool,
+              entry: Pretrained | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
-    with _hub_errors(label):
+    with _hub_errors(label, endpoint=endpoint, asked_offline=local_files_only, command=command):
         folder = Path(snapshot_download(
             repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(FILES),
             local_files_only=local_files_only, token=token, endpoint=endpoint, force_download=force,
@@ -137,19 +196,42 @@ def _snapshot(repo_id: str, revision: str | None, *, label: str, sha256: dict[st
     for name in FILES:
         if not (folder / name).is_file():
             raise ZooError(f"{label} ({repo_id}) has no {name}: it is not a zoo checkpoint")
-    for name, digest in sha256.items():
+    for name, digest in (entry.sha256 if entry else {}).items():
         verify(folder / name, digest, label)
+    check_config(folder, label, method=entry.method if entry else None)
     return folder
 
 
+def check_config(folder: Path, label: str, method: str | None = None) -> None:
+    """Check a fetched ``config.json`` as data, without building anything: a registered method, its arguments.
+
+    The same checks as ``zoo.module.build_method``, done at download time so that a poisoned checkpoint is
+    refused by ``zoo download`` already.
+    """
+    from zoo import registry
+    from zoo.module import CONFIG_NAME, check_init_args, read_config
+
+    where = f"{label}: {CONFIG_NAME}"
+    config = read_config(folder / CONFIG_NAME)
+    name = config["name"]
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ZooError(f"{where}: 'name' must be the registry name of a method, got {name!r}")
+    if method is not None and name != method:
+        raise ZooError(f"{where} holds a {name}, but the registry of known checkpoints says {method}")
+    check_init_args(registry.methods.load(name), config["init_args"], where)
+
+
 def _released(entry: Pretrained, revision: str | None, *, cache_dir: str | None, local_files_only: bool,
-              token: str | None, endpoint: str | None, force: bool) -> Path:
+              token: str | None, endpoint: str | None, force: bool, command: bool) -> Path:
     """Download a file released by the paper's authors and convert it once with the method's importer."""
     from huggingface_hub import constants, hf_hub_download
 
     from zoo import registry as zoo_registry
+    from zoo.module import check_init_args
 
-    with _hub_errors(entry.name):
+    cls = zoo_registry.methods.load(entry.method)
+    init_args = check_init_args(cls, entry.init_args, f"known checkpoint {entry.name!r}")
+    with _hub_errors(entry.name, endpoint=endpoint, asked_offline=local_files_only, command=command):
         raw = Path(hf_hub_download(
             entry.repo_id, entry.filename, repo_type=entry.repo_type, revision=revision or entry.revision,
             cache_dir=cache_dir, local_files_only=local_files_only, token=token, endpoint=endpoint,
@@ -161,8 +243,7 @@ def _released(entry: Pretrained, revision: str | None, *, cache_dir: str | None,
         return target
     if entry.filename in entry.sha256:
         verify(raw, entry.sha256[entry.filename], entry.name)
-    cls = zoo_registry.methods.load(entry.method)
-    model = cls.convert_released(raw, **entry.init_args)
+    model = cls.convert_released(raw, **init_args)
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=_mkdir(target.parent)))
     model.save_pretrained(staging)
     shutil.rmtree(target, ignore_errors=True)
@@ -183,42 +264,78 @@ def verify(path: Path, expected: str, label: str) -> None:
         )
 
 
-class _hub_errors:  # noqa: N801 - used as a context manager, reads like one
-    """Turn the client's errors into ZooErrors that say what to do."""
+def _unreachable(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) is a failed connection, whatever HTTP library the client uses."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
-    def __init__(self, label: str) -> None:
-        self.label = label
+    seen = 0
+    while err is not None and seen < 10:
+        names = {klass.__name__ for klass in type(err).__mro__}
+        if isinstance(err, OfflineModeIsEnabled | ConnectionError | TimeoutError) or names & {
+                "TransportError", "ConnectionError", "Timeout", "NetworkError"}:
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+class _hub_errors:  # noqa: N801 - used as a context manager, reads like one
+    """Turn the client's errors into one-line ZooErrors that say what to do.
+
+    Args:
+        label: what was asked for, as the user named it.
+        endpoint: the Hub asked (default ``HF_ENDPOINT``).
+        asked_offline: the caller asked for the cache only (``local_files_only``).
+        command: the network was the point (``zoo download``, ``zoo publish``): never suggest running it again.
+    """
+
+    def __init__(self, label: str, *, endpoint: str | None = None, asked_offline: bool = False,
+                 command: bool = True) -> None:
+        self.label, self.endpoint, self.asked_offline, self.command = label, endpoint, asked_offline, command
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type | None, err: BaseException | None, tb: Any) -> bool:
+        from huggingface_hub import constants
         from huggingface_hub.errors import (
             EntryNotFoundError,
             HfHubHTTPError,
             LocalEntryNotFoundError,
+            OfflineModeIsEnabled,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
 
         if err is None:
             return False
-        if isinstance(err, LocalEntryNotFoundError):
+        hub = self.endpoint or constants.ENDPOINT
+        offline = self.asked_offline or constants.HF_HUB_OFFLINE
+        if self.command and (isinstance(err, OfflineModeIsEnabled) or
+                             isinstance(err, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE):
+            message = f"{self.label}: HF_HUB_OFFLINE=1 is set, so the Hub was not asked; unset it to reach the Hub"
+        elif isinstance(err, LocalEntryNotFoundError) and offline:
             message = (f"{self.label} is not in the Hugging Face cache and the Hub was not asked (offline mode, "
-                       f"HF_HUB_OFFLINE=1 or local_files_only) or cannot be reached; fetch it once while online "
-                       f"with `zoo download {self.label}`")
+                       f"HF_HUB_OFFLINE=1 or local_files_only); fetch it once while online with "
+                       f"`zoo download {self.label}`")
+        elif isinstance(err, LocalEntryNotFoundError) or _unreachable(err):
+            message = (f"{self.label}: the Hugging Face Hub ({hub}) is unreachable and nothing usable is in the "
+                       f"cache; check the network connection or HF_ENDPOINT")
         elif isinstance(err, RevisionNotFoundError):
             message = f"{self.label}: the revision does not exist on the Hub"
         elif isinstance(err, RepositoryNotFoundError):
-            message = (f"{self.label}: the repository does not exist on the Hub, or it is private and no valid "
-                       f"token was given (set HF_TOKEN or run `hf auth login`)")
+            message = (f"{self.label}: no such local folder or repository on the Hub, or the repository is "
+                       f"private and no valid token was given (--token, HF_TOKEN or `hf auth login`)")
         elif isinstance(err, EntryNotFoundError):
-            message = f"{self.label}: a file is missing on the Hub: {err}"
+            message = f"{self.label}: a file is missing on the Hub: {_one_line(err)}"
         elif isinstance(err, HfHubHTTPError):
-            message = f"{self.label}: the Hub answered {err}"
+            message = f"{self.label}: the Hub answered {_one_line(err)}"
         else:
             return False
         raise ZooError(message) from err
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 def _mkdir(path: Path) -> Path:
@@ -229,12 +346,13 @@ def _mkdir(path: Path) -> Path:
 # ------------------------------------------------------------------------------------------ publishing
 def publish(directory: str | Path, repo_id: str, *, revision: str | None = None, private: bool = False,
             token: str | None = None, endpoint: str | None = None, metrics: dict | None = None,
-            dataset: str | None = None, training_config: dict | None = None, overwrite: bool = False) -> str:
+            dataset: str | None = None, training_config: dict | None = None, overwrite: bool = True) -> str:
     """Upload a zoo checkpoint folder with a generated model card; the commit URL.
 
     Creates the repo (and the ``revision`` branch) when absent, then uploads ``model.safetensors``,
-    ``config.json`` and ``README.md`` in one commit. Refuses to replace files already on that revision
-    unless ``overwrite``.
+    ``config.json`` and ``README.md`` in one commit on top of what the revision holds, as the Hub client
+    does. With ``overwrite=False`` (``zoo publish`` without ``--overwrite``) files already on that
+    revision are not replaced.
 
     Args:
         directory: a folder written by ``save_pretrained``.
@@ -243,26 +361,28 @@ def publish(directory: str | Path, repo_id: str, *, revision: str | None = None,
         private: create the repo private.
         token: a Hub token (default: ``HF_TOKEN`` or the saved login); never printed.
         endpoint: another Hub (default: ``HF_ENDPOINT``).
-        metrics: ``{"test/accuracy": 0.91, ...}`` from the run that produced the checkpoint.
-        dataset: the data it was trained and evaluated on.
+        metrics: ``{"test/accuracy": 0.91, ...}`` from the run that produced the checkpoint; a logged
+            decision threshold is a setting of the model, not a metric, and is left out.
+        dataset: the data it was trained and evaluated on: a Hub dataset id, or a datamodule name.
         training_config: the run's configuration (e.g. LightningCLI's ``config.yaml``).
         overwrite: replace files that already exist on the revision.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RevisionNotFoundError
 
-    from zoo.module import CONFIG_NAME, read_config
+    from zoo.module import CONFIG_NAME, WEIGHTS_NAME, read_config
 
+    check_repo_id(repo_id, "--repo_id")
     directory = Path(directory)
     for name in FILES:
         if not (directory / name).is_file():
             raise ZooError(f"{directory} has no {name}: give a folder written by save_pretrained or `zoo fit`")
     config = read_config(directory / CONFIG_NAME)
     card = model_card(config, repo_id, revision=revision, metrics=metrics, dataset=dataset,
-                      training_config=training_config)
+                      training_config=training_config, threshold=_threshold(directory / WEIGHTS_NAME))
     branch = revision or "main"
     api = HfApi(endpoint=endpoint, token=token)
-    with _hub_errors(repo_id):
+    with _hub_errors(repo_id, endpoint=endpoint):
         api.create_repo(repo_id, private=private, exist_ok=True)
         try:
             existing = set(api.list_repo_files(repo_id, revision=branch))
@@ -272,8 +392,9 @@ def publish(directory: str | Path, repo_id: str, *, revision: str | None = None,
         clash = sorted(existing & {*FILES, CARD_NAME})
         if clash and not overwrite:
             raise ZooError(
-                f"{repo_id}@{branch} already has {', '.join(clash)}; publish to another --revision, or pass "
-                f"overwrite=True (`zoo publish --overwrite`) to replace them"
+                f"{repo_id}@{branch} already has {', '.join(clash)}, so nothing was uploaded; to commit on top "
+                f"(the old files stay in the repo's history) add --overwrite, or publish beside them with "
+                f"--revision <new branch>"
             )
         with tempfile.TemporaryDirectory() as staging:
             for name in FILES:
@@ -284,11 +405,27 @@ def publish(directory: str | Path, repo_id: str, *, revision: str | None = None,
     return commit.commit_url
 
 
+def _threshold(weights: Path) -> float | None:
+    """The decision threshold stored with a binary method's weights (None when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        return float(handle.get_tensor("threshold")) if "threshold" in handle.keys() else None
+
+
+def _is_threshold(key: str) -> bool:
+    return key.rpartition("/")[2] == "threshold"
+
+
 def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = None, metrics: dict | None = None,
-               dataset: str | None = None, training_config: dict | None = None) -> str:
+               dataset: str | None = None, training_config: dict | None = None,
+               threshold: float | None = None) -> str:
     """The README of a published checkpoint: YAML front-matter with ``model-index`` and a body.
 
     The front-matter is written by ``huggingface_hub.ModelCardData`` so that the Hub reads it as its own.
+    It names only what is on the Hub: ``datasets`` and ``model-index`` only for a Hub dataset id (a
+    datamodule of the zoo is described in the text), ``base_model`` only for pretrained encoder weights
+    that the method really loads from the Hub.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -298,19 +435,21 @@ def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = N
     cls = zoo_registry.methods.load(config["name"])
     task = config.get("task") or cls.task
     task_tag = task.replace("_", "-")
+    metrics = {k: float(v) for k, v in (metrics or {}).items() if not _is_threshold(k)}
+    hub_dataset = dataset if dataset and looks_like_repo_id(dataset) else None
     eval_results = []
-    for key, value in sorted((metrics or {}).items()):
+    for key, value in sorted(metrics.items()) if hub_dataset else ():
         split, _, metric = key.rpartition("/")
         eval_results.append(EvalResult(
-            task_type=task_tag, task_name=task.replace("_", " "), dataset_type=dataset or "unspecified",
-            dataset_name=dataset or "unspecified", dataset_split={"val": "validation"}.get(split, split) or None,
-            metric_type=metric, metric_name=key, metric_value=float(value),
+            task_type=task_tag, task_name=task.replace("_", " "), dataset_type=hub_dataset,
+            dataset_name=hub_dataset, dataset_split={"val": "validation"}.get(split, split) or None,
+            metric_type=metric, metric_name=key, metric_value=value,
         ))
     data = ModelCardData(
         library_name=LIBRARY_NAME, tags=[LIBRARY_NAME, task_tag, config["name"]],
-        license=getattr(cls, "license", DEFAULT_LICENSE), datasets=[dataset] if dataset else None,
-        base_model=_base_models(config["init_args"]) or None, model_name=repo_id.split("/")[-1],
-        eval_results=eval_results or None,
+        license=getattr(cls, "license", DEFAULT_LICENSE), datasets=[hub_dataset] if hub_dataset else None,
+        base_model=base_models(cls, config["init_args"]) or None, model_name=repo_id.split("/")[-1],
+        pipeline_tag=PIPELINE_TAGS.get(task), eval_results=eval_results or None,
     )
     ref = f"{HUB_PREFIX}{repo_id}" + (f"@{revision}" if revision else "")
     title = cls.display_name or config["name"]
@@ -324,8 +463,11 @@ def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = N
     ]
     if metrics:
         lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {key} | {float(value):.4f} |" for key, value in sorted(metrics.items())] + [""]
-    lines += ["## Data", "", f"Trained and evaluated on: {dataset or 'not recorded'}."]
+        lines += [f"| {key} | {value:.4f} |" for key, value in sorted(metrics.items())] + [""]
+    if threshold is not None:
+        lines += [f"Decision threshold on the score: {threshold:.4f} (a setting stored with the weights, "
+                  f"calibrated on validation data when the method calibrates one; not a metric).", ""]
+    lines += ["## Data", "", _data_text(dataset, hub_dataset)]
     data_config = (training_config or {}).get("data")
     if data_config:
         lines += ["", "```yaml", yaml.safe_dump({"data": data_config}, sort_keys=False).rstrip(), "```"]
@@ -334,20 +476,84 @@ def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = N
     rest = {k: v for k, v in (training_config or {}).items() if k != "data"}
     if rest:
         lines += ["## Training config", "", "```yaml", yaml.safe_dump(rest, sort_keys=False).rstrip(), "```", ""]
-    lines += ["## Paper to cite", "", cls.paper or "(the method declares no paper)", ""]
+    lines += ["## Limitations", "",
+              f"- The scores hold for data like the data above. On other image sources, generators, fine-tuning "
+              f"methods or post-processing, {task.replace('_', ' ')} scores can be much worse; measure on your "
+              f"own data before relying on a decision.",
+              "- A score is evidence to weigh, not proof: it does not establish on its own that an image was "
+              "generated, copied or used for training.",
+              "- Numbers on the zoo's mini sets only show that the method learns what such a set encodes; they "
+              "are not paper-scale results.", ""]
+    citation = getattr(cls, "bibtex", "").strip()
+    lines += ["## Citation", "", f"The method: {cls.paper or '(the method declares no paper)'}.", "",
+              "```bibtex", *([citation, ""] if citation else []), ZOO_BIBTEX, "```", ""]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))  # parses it back: a bad card fails here
     return str(card)
 
 
-def _base_models(init_args: dict[str, Any]) -> list[str]:
-    """Hub ids of the pretrained weights a method starts from (timm tags live under ``timm/`` on the Hub)."""
+def _data_text(dataset: str | None, hub_dataset: str | None) -> str:
+    if hub_dataset:
+        return f"Trained and evaluated on the Hub dataset [{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})."
+    if not dataset:
+        return "The data it was trained and evaluated on was not recorded."
+    from zoo import registry as zoo_registry
+
+    described = ""
+    if dataset in zoo_registry.datamodules.entries:
+        with _quiet_errors():
+            described = f" ({zoo_registry.datamodules.load(dataset).description})"
+    return (f"Trained and evaluated on `{dataset}`{described}, a datamodule of the zoo, not a dataset on the Hub "
+            f"(so the card's metadata names no dataset).")
+
+
+class _quiet_errors:  # noqa: N801 - a context manager
+    """A broken plugin only loses its description in the card."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, err: BaseException | None, tb: Any) -> bool:
+        return isinstance(err, ZooError)
+
+
+def base_models(cls: type, init_args: dict[str, Any]) -> list[str]:
+    """Hub ids of the pretrained encoder weights the method loads; none for a random-init encoder.
+
+    An encoder is named by ``timm:name[.tag]`` (or a bare timm name in an ``encoder``/``backbone``/
+    ``trunk`` argument), ``open_clip:Arch@tag`` or ``hf-hub:org/name``; the library's own pretrained config
+    says where on the Hub its weights live. An encoder is random-init when the method's ``pretrained``
+    (or ``<arg>_pretrained``) argument is False.
+    """
+    params = inspect.signature(cls.__init__).parameters
+    args = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
+    args.update(init_args)
     found = []
-    for value in init_args.values():
-        if isinstance(value, str) and value.startswith("timm:"):
-            found.append("timm/" + value[len("timm:"):])
-        elif isinstance(value, str) and value.startswith(HUB_PREFIX):
-            found.append(value[len(HUB_PREFIX):].partition("@")[0])
+    for key, value in args.items():
+        if not isinstance(value, str) or args.get(f"{key}_pretrained", args.get("pretrained")) is False:
+            continue
+        hub_id = _encoder_hub_id(value, bare_timm=key in ENCODER_ARGS)
+        if hub_id and hub_id not in found:
+            found.append(hub_id)
     return found
+
+
+def _encoder_hub_id(spec: str, bare_timm: bool) -> str | None:
+    if spec.startswith(HUB_PREFIX):
+        return spec[len(HUB_PREFIX):].partition("@")[0]
+    library, sep, name = spec.partition(":")
+    if not sep and bare_timm:
+        library, name = "timm", spec
+    if library == "timm" and name:
+        import timm.models
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        return cfg.hf_hub_id.rstrip("/") if cfg is not None and cfg.hf_hub_id else None
+    if library == "open_clip" and "@" in name:
+        import open_clip
+
+        arch, _, tag = name.partition("@")
+        return (open_clip.get_pretrained_cfg(arch, tag).get("hf_hub") or "").rstrip("/") or None
+    return None
 
 
 def run_metadata(run_dir: Path) -> tuple[dict[str, float], str | None, dict | None]:
@@ -357,7 +563,7 @@ def run_metadata(run_dir: Path) -> tuple[dict[str, float], str | None, dict | No
         with open(run_dir / "metrics.csv", newline="") as handle:
             for row in csv.DictReader(handle):
                 for key, value in row.items():
-                    if key.startswith(("val/", "test/")) and value not in ("", None):
+                    if key.startswith(("val/", "test/")) and value not in ("", None) and not _is_threshold(key):
                         metrics[key] = float(value)
     config = None
     dataset = None
@@ -370,21 +576,57 @@ def run_metadata(run_dir: Path) -> tuple[dict[str, float], str | None, dict | No
 
 
 # ------------------------------------------------------------------------------------------ commands
+_HUB_TOKEN = re.compile(r"hf_[A-Za-z0-9]{8,}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that never echoes a token: ``--token`` values and anything shaped like a Hub token are masked."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        argv = list(sys.argv[1:] if args is None else args)
+        self._secrets = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--token"]
+        self._secrets += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--token=")]
+        return super().parse_args(argv, namespace)
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        for secret in getattr(self, "_secrets", []):
+            if secret:
+                message = message.replace(secret, "***")
+        super().error(_HUB_TOKEN.sub("***", message))
+
+
+def _hub_parser(prog: str, description: str) -> _Parser:
+    parser = _Parser(prog=prog, description=description)
+    parser.add_argument("--token", help="a Hub token (default: HF_TOKEN or the saved `hf auth login`); never "
+                                        "printed")
+    return parser
+
+
+def _alias(parser: argparse.ArgumentParser, flag: str, dest: str, **kwargs: Any) -> None:
+    """An older hyphenated spelling of an option, accepted but not shown in --help."""
+    parser.add_argument(flag, dest=dest, help=argparse.SUPPRESS, **kwargs)
+
+
 def cmd_publish(argv: list[str]) -> int:
     """Publish a checkpoint or a run dir to the Hugging Face Hub, with a model card."""
-    parser = argparse.ArgumentParser(
-        prog="zoo publish",
-        description="Upload model.safetensors, config.json and a generated model card to the Hub. The token "
-                    "comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT selects another Hub.",
+    parser = _hub_parser(
+        "zoo publish",
+        "Upload model.safetensors, config.json and a generated model card to the Hub. Files already on the "
+        "revision are not replaced unless --overwrite. HF_ENDPOINT selects another Hub.",
     )
     parser.add_argument("path", help="a checkpoint folder, a run dir of `zoo fit` (holding zoo/), or a .ckpt")
-    parser.add_argument("--repo-id", required=True, help="org/name on the Hub")
+    parser.add_argument("--repo_id", help="org/name on the Hub (required)")
+    _alias(parser, "--repo-id", "repo_id")
     parser.add_argument("--revision", help="the branch to publish to (default main)")
     parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument("--overwrite", action="store_true", help="replace files already on the revision")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="commit on top of files already on the revision (they stay in its history)")
     parser.add_argument("--metrics", help="a JSON file of metrics for the card (default: the run's metrics.csv)")
-    parser.add_argument("--dataset", help="the data it saw (default: the run's datamodule)")
+    parser.add_argument("--dataset", help="a Hub dataset id, or the datamodule it saw (default: the run's)")
     args = parser.parse_args(argv)
+    if not args.repo_id:
+        parser.error("the following arguments are required: --repo_id")
+    check_repo_id(args.repo_id, "--repo_id")
     with tempfile.TemporaryDirectory() as tmp:
         folder, run_dir = _checkpoint_of(Path(args.path), Path(tmp))
         metrics, dataset, config = run_metadata(run_dir) if run_dir is not None else ({}, None, None)
@@ -394,7 +636,8 @@ def cmd_publish(argv: list[str]) -> int:
             except (OSError, json.JSONDecodeError) as err:
                 raise ZooError(f"--metrics {args.metrics} cannot be read as JSON: {err}") from err
         url = publish(folder, args.repo_id, revision=args.revision, private=args.private, metrics=metrics,
-                      dataset=args.dataset or dataset, training_config=config, overwrite=args.overwrite)
+                      dataset=args.dataset or dataset, training_config=config, overwrite=args.overwrite,
+                      token=args.token)
     print(url)
     return 0
 
@@ -416,34 +659,43 @@ def _checkpoint_of(path: Path, tmp: Path) -> tuple[Path, Path | None]:
 
 def cmd_download(argv: list[str]) -> int:
     """Download a checkpoint by short name or repo id into the Hugging Face cache."""
-    parser = argparse.ArgumentParser(
-        prog="zoo download",
-        description="Fetch a checkpoint (a short name of `zoo list --pretrained`, hf-hub:org/name or org/name) "
-                    "into the Hugging Face cache and print its folder; later loads work offline.",
+    parser = _hub_parser(
+        "zoo download",
+        "Fetch a checkpoint (a short name of `zoo list --pretrained`, hf-hub:org/name or org/name) into the "
+        "Hugging Face cache, check its config.json as data, and print its folder; later loads work offline.",
     )
     parser.add_argument("source", help="short name, hf-hub:org/name[@revision] or org/name")
     parser.add_argument("--revision", help="branch, tag or commit")
-    parser.add_argument("--cache-dir", help="another cache (default HF_HUB_CACHE)")
-    parser.add_argument("--force", action="store_true", help="download again even if cached")
+    parser.add_argument("--cache_dir", help="another cache (default HF_HUB_CACHE)")
+    _alias(parser, "--cache-dir", "cache_dir")
+    parser.add_argument("--force", action="store_true",
+                        help="download again even if cached (after a sha256 mismatch, for instance)")
     args = parser.parse_args(argv)
-    print(download(args.source, revision=args.revision, cache_dir=args.cache_dir, force=args.force))
+    entry = known_checkpoints().get(args.source)
+    if entry is not None and not entry.verified:
+        print(f"zoo: warning: {args.source} is {entry.verification()}", file=sys.stderr)
+    print(download(args.source, revision=args.revision, cache_dir=args.cache_dir, force=args.force,
+                   token=args.token))
     return 0
 
 
 def print_pretrained(console: Any) -> int:
-    """Print the known pretrained checkpoints."""
+    """Print the known pretrained checkpoints, with their source and verification state."""
     from rich.table import Table
 
     table = Table(title="pretrained checkpoints")
     table.add_column("name", no_wrap=True)
-    for column in ("method", "source", "sha256", "description"):
+    for column in ("method", "source", "verification", "description"):
         table.add_column(column)
     for name, entry in known_checkpoints().items():
         where = f"{entry.repo_type}s/" if entry.repo_type != "model" else ""
         source = f"{where}{entry.repo_id}@{entry.revision}"
         if entry.filename:
-            source += f"/{entry.filename}\n(released; converted on download)"
-        pinned = "pinned" if entry.sha256 else "[yellow]not pinned"
-        table.add_row(name, entry.method, source, pinned, entry.description)
+            source += f"/{entry.filename}\n(released by the authors; converted on download)"
+        if entry.source:
+            source += f"\n{entry.source}"
+        state = entry.verification()
+        table.add_row(name, entry.method, source, state if entry.verified else f"[yellow]{state}",
+                      entry.description)
     console.print(table)
     return 0
