@@ -1,171 +1,55 @@
 """The ``zoo`` command.
 
-``zoo fit|validate|test|predict`` are LightningCLI's subcommands, with ``--model`` and ``--data``
-resolved by short name through the registry (only the plugins a command names are imported).
-``--ckpt_path`` also takes a zoo checkpoint folder or ``hf-hub:org/name``; the method is then built from
-the checkpoint's ``config.json`` when no ``--model`` is given.
-
-The other subcommands (``list``, ``convert`` and those added by the Hub and the benchmark) are plain
-commands of their own, dispatched before LightningCLI sees the arguments.
+``zoo fit|validate|test`` are LightningCLI's subcommands (``zoo.lightning_cli``). ``zoo predict`` scores a
+user's own files (``zoo.predict``). The other subcommands are plain commands, imported only when run, so
+that ``zoo --help`` answers at once and the library modules know nothing of the CLI.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
+import difflib
 import sys
+import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-import yaml
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.cli import LightningCLI
-
-from zoo import registry
-from zoo.data.base import ZooDataModule
 from zoo.errors import ZooError
-from zoo.module import ZooModule, load_state
 
-TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+TRAINER_SUBCOMMANDS = ("fit", "validate", "test")
 
-
-class ExportOnFitEnd(Callback):
-    """Writes the trained method as ``<log dir>/zoo`` (config.json + model.safetensors) when fit ends."""
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # only a run with a logger has a log dir of its own (without one, log_dir is the working directory)
-        if trainer.is_global_zero and isinstance(pl_module, ZooModule) and trainer.logger is not None:
-            pl_module.save_pretrained(Path(trainer.log_dir) / "zoo")
-
-
-class ZooCLI(LightningCLI):
-    """LightningCLI over every registered method and datamodule."""
-
-    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
-        args = list(sys.argv[1:] if args is None else args)
-        self._zoo_ckpt = _zoo_checkpoint(args)
-        args = prepare_args(args, self._zoo_ckpt)
-        kwargs.setdefault("trainer_defaults", {"callbacks": [ExportOnFitEnd()]})
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(
-            ZooModule, ZooDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args, run=run, **kwargs
-        )
-
-    def instantiate_classes(self) -> None:
-        from zoo import backbones
-
-        # weights come from the zoo checkpoint: do not download pretrained encoders first
-        guard = backbones.no_pretrained_download() if self._zoo_ckpt else contextlib.nullcontext()
-        with guard:
-            super().instantiate_classes()
-
-    def _load_zoo_checkpoint(self) -> None:
-        if self._zoo_ckpt is None:
-            return
-        from safetensors.torch import load_file
-
-        from zoo.module import WEIGHTS_NAME
-
-        weights = self._zoo_ckpt / WEIGHTS_NAME
-        load_state(self.model, load_file(str(weights)), str(weights))
-        self.config_init[self.subcommand]["ckpt_path"] = None
-
-    def before_fit(self) -> None:
-        self._load_zoo_checkpoint()
-
-    def before_validate(self) -> None:
-        self._load_zoo_checkpoint()
-
-    def before_test(self) -> None:
-        self._load_zoo_checkpoint()
-
-    def before_predict(self) -> None:
-        self._load_zoo_checkpoint()
+# warnings that carry no information for a zoo user (each names what the zoo already does about it)
+QUIET = (
+    r".*LightningCLI's args parameter is intended.*",  # the zoo passes argv on purpose
+    r".*isinstance\(treespec, LeafSpec\).*",  # torch pytree deprecation inside Lightning
+    r".*litlogger.*|.*litmodels.*",  # Lightning's advertising tips
+    r".*tensorboardX.*",  # the CSV/TensorBoard logger choice is the user's
+    r".*log_every_n_steps.*",  # the mini sets have few batches per epoch by design
+    r".*does not have many workers.*",  # num_workers is a datamodule argument the user sets
+)
 
 
-def _zoo_checkpoint(args: list[str]) -> Path | None:
-    """The local folder of ``ckpt_path`` (flag or config) when it is a zoo checkpoint.
+def _quiet() -> None:
+    for pattern in QUIET:
+        warnings.filterwarnings("ignore", message=pattern)
+    import logging
 
-    A zoo checkpoint is a folder, ``hf-hub:org/name`` or a short name of ``zoo list --pretrained``; a
-    Lightning ``.ckpt`` file is left to Lightning.
-    """
-    value = _option(args, "--ckpt_path")
-    for config in _configs(args) if value is None else []:
-        loaded = yaml.safe_load(Path(config).read_text()) if Path(config).is_file() else None
-        if isinstance(loaded, dict) and loaded.get("ckpt_path"):
-            value = str(loaded["ckpt_path"])
-    if value is None or Path(value).is_file():
-        return None
-    from zoo import hub
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            text = record.getMessage()
+            return not any(key in text for key in ("litlogger", "litmodels", "tensorboardX"))
 
-    if value.startswith(hub.HUB_PREFIX) or Path(value).is_dir() or value in hub.known_checkpoints():
-        return hub.resolve(value)
-    return None
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_Drop())
 
 
-def _option(args: list[str], flag: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
+def __getattr__(name: str) -> Any:
+    # LightningCLI is imported only by the subcommands that use it
+    if name in ("ZooCLI", "ExportOnFitEnd", "prepare_args"):
+        from zoo import lightning_cli
 
-
-def prepare_args(args: list[str], zoo_ckpt: Path | None = None) -> list[str]:
-    """Import the plugins ``args`` name, and describe the model of a zoo checkpoint when none is named."""
-    names: list[tuple[registry.Registry, str]] = []
-    for flag, reg in (("--model", registry.methods), ("--data", registry.datamodules)):
-        value = _option(args, flag)
-        if value is not None:
-            names.append((reg, value))
-    for i, arg in enumerate(args):
-        config = args[i + 1] if arg in ("--config", "-c") and i + 1 < len(args) else None
-        config = arg.split("=", 1)[1] if arg.startswith("--config=") else config
-        if config:
-            names += _names_in_config(Path(config))
-    for reg, name in names:
-        if name.isidentifier():  # a short name; dotted paths, files and inline YAML are jsonargparse's
-            reg.load(name)
-    if zoo_ckpt is not None and _option(args, "--model") is None and not any(
-        _names_in_config(Path(c)) for c in _configs(args)
-    ):
-        from zoo.module import CONFIG_NAME, read_config
-
-        config = read_config(zoo_ckpt / CONFIG_NAME)
-        cls = registry.methods.load(config["name"])
-        spec = {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": config["init_args"]}
-        args = [*args[:1], "--model", json.dumps(spec), *args[1:]]
-    return args
-
-
-def _configs(args: list[str]) -> list[str]:
-    out = []
-    for i, arg in enumerate(args):
-        if arg in ("--config", "-c") and i + 1 < len(args):
-            out.append(args[i + 1])
-        elif arg.startswith("--config="):
-            out.append(arg.split("=", 1)[1])
-    return out
-
-
-def _names_in_config(path: Path) -> list[tuple[registry.Registry, str]]:
-    if not path.is_file():
-        return []
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ZooError(f"{path} is not valid YAML: {err}") from err
-    found = []
-    for key, reg in (("model", registry.methods), ("data", registry.datamodules)):
-        value = config.get(key) if isinstance(config, dict) else None
-        if isinstance(value, dict):
-            value = value.get("class_path")
-        if isinstance(value, str):
-            found.append((reg, value))
-    return found
+        return getattr(lightning_cli, name)
+    raise AttributeError(name)
 
 
 # ------------------------------------------------------------------------------------------ zoo list
@@ -176,6 +60,8 @@ def cmd_list(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
+
+    from zoo import registry
 
     # piped output keeps whole rows, so that it can be searched
     console = Console(width=None if sys.stdout.isatty() else 200)
@@ -208,6 +94,7 @@ def cmd_list(argv: list[str]) -> int:
 
 def cmd_convert(argv: list[str]) -> int:
     """Convert a Lightning ``.ckpt``, or a paper's released checkpoint, into a zoo checkpoint folder."""
+    from zoo import registry
     from zoo.module import convert_checkpoint
 
     parser = argparse.ArgumentParser(
@@ -231,6 +118,7 @@ def cmd_convert(argv: list[str]) -> int:
 COMMANDS: dict[str, str | Callable[[list[str]], int]] = {
     "list": "zoo.cli:cmd_list",
     "convert": "zoo.cli:cmd_convert",
+    "predict": "zoo.predict:cmd_predict",
     "publish": "zoo.hub:cmd_publish",
     "download": "zoo.hub:cmd_download",
     "benchmark": "zoo.bench:cmd_benchmark",
@@ -241,6 +129,7 @@ COMMANDS: dict[str, str | Callable[[list[str]], int]] = {
 }
 SUMMARIES = {
     "list": "Print the registered methods and datamodules (--pretrained: the known checkpoints).",
+    "predict": "Score your own images (--inputs) or pairs (--pairs) with a checkpoint; one row per input.",
     "convert": "Convert a Lightning .ckpt, or a paper's released checkpoint, into a zoo checkpoint folder.",
     "publish": "Publish a zoo checkpoint folder to the Hugging Face Hub with a model card.",
     "download": "Download a known checkpoint by short name, or hf-hub:org/name, into the cache.",
@@ -283,9 +172,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] in ("-V", "--version"):
+        from zoo import __version__
+
+        print(f"provenance-zoo {__version__}")
+        return 0
+    known = (*TRAINER_SUBCOMMANDS, *COMMANDS)
+    if argv[0] not in known:
+        close = difflib.get_close_matches(argv[0], known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"zoo: error: unknown subcommand {argv[0]!r}.{hint}\n{_usage()}", file=sys.stderr)
+        return 2
+    _quiet()
     try:
         if argv[0] in COMMANDS:
             return _command(argv[0])(argv[1:]) or 0
+        from zoo.lightning_cli import ZooCLI
+
         ZooCLI(argv)
     except ZooError as err:
         print(f"zoo: error: {err}", file=sys.stderr)

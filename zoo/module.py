@@ -73,6 +73,8 @@ class ZooModule(pl.LightningModule):
             self.register_buffer("threshold", torch.tensor(float(self.default_threshold)))
         self._val_scores: list[Tensor] = []
         self._val_labels: list[Tensor] = []
+        # where pictures a method shows its users go outside a Lightning run (``artifact_dir``)
+        self.artifact_root: str | Path | None = None
 
     # ----------------------------------------------------------------- what a method implements
     def predict_batch(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -122,31 +124,82 @@ class ZooModule(pl.LightningModule):
             datamodule.transform = transform
 
     def artifact_dir(self) -> Path | None:
-        """A folder for images a method wants users to see (e.g. recovered images); None without a logger."""
-        # without a logger the log dir is the working directory: nothing is written there
-        if self._trainer is None or self.trainer.logger is None or not self.trainer.log_dir:
+        """A folder for images a method wants users to see (e.g. recovered images), or None.
+
+        ``zoo predict`` sets ``artifact_root``; in a Lightning run it is ``<log dir>/artifacts``; a run
+        without a logger writes nothing.
+        """
+        if self.artifact_root is not None:
+            path = Path(self.artifact_root)
+        elif self._trainer is None or self.trainer.logger is None or not self.trainer.log_dir:
             return None
-        path = Path(self.trainer.log_dir) / "artifacts"
-        path.mkdir(parents=True, exist_ok=True)
+        else:
+            path = Path(self.trainer.log_dir) / "artifacts"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ZooError(f"cannot write the pictures of {type(self).__name__} to {path}: {err}") from err
         return path
 
-    def predictions(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """``predict_batch`` checked against the task, with the binary decision filled in."""
+    def predictions(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """``predict_batch`` checked against the task, with the binary decision filled in; labels not needed."""
         spec = self.task_spec
-        spec.check_batch(batch)
+        spec.check_batch(batch, labelled=False)
         pred = dict(self.predict_batch(batch))
         if spec.binary and "score" in pred and "decision" not in pred:
             pred["decision"] = (pred["score"].detach() >= self.threshold).long()
         spec.check_prediction(pred, type(self).__name__)
         return pred
 
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The task's predictions for a batch of pre-processed tensors (see ``predictions``).
+
+        Example:
+            >>> model = ZooModule.from_pretrained("runs/fake/zoo")
+            >>> model({"image": torch.rand(2, 3, 224, 224), "id": ["a", "b"]})["score"].shape
+            torch.Size([2])
+        """
+        return self.predictions(batch)
+
+    def probability(self, score: Tensor) -> Tensor:
+        """The probability of the positive class of a score: by default the sigmoid of a logit score.
+
+        Fake-detection methods output logits; a method whose score is already a probability returns it.
+        """
+        return torch.sigmoid(score.float())
+
+    def predict_images(self, images: Any, **kwargs: Any) -> Any:
+        """Score images (paths, a folder, a glob, or PIL images): a pandas DataFrame, one row per image.
+
+        Keyword arguments are those of ``zoo.predict.predict`` (``batch_size``, ``device``, ...).
+
+        Example:
+            >>> model = ZooModule.from_pretrained("hf-hub:org/cnn-detector")
+            >>> model.predict_images(["photo.jpg", "render.png"])[["path", "score", "verdict"]]
+        """
+        from zoo.predict import image_items, predict
+
+        return predict(self, image_items(images), **kwargs)
+
+    def compare(self, generated: Any, real: Any, **kwargs: Any) -> Any:
+        """Copy detection of ``generated`` against ``real`` (a path or PIL image each, or equal-length lists).
+
+        Example:
+            >>> model = ZooModule.from_pretrained("pdf_embedding.exponential_drep")
+            >>> model.compare("generated.png", "original.jpg")[["level_argmax", "level_expected"]]
+        """
+        from zoo.predict import pair_items, predict
+
+        return predict(self, pair_items(generated, real), **kwargs)
+
     def _evaluate(self, stage: str, batch: Mapping[str, Any]) -> dict[str, Any]:
+        self.task_spec.check_batch(batch, labelled=True)
         pred = self.predictions(batch)
         self.task_spec.update(self.metrics[stage], pred, batch)
         if stage == "val" and self.task_spec.binary:
             self._val_scores.append(pred["score"].detach().float().cpu())
             self._val_labels.append(batch["label"].detach().cpu())
-        out: dict[str, Any] = {k: v.detach().cpu() for k, v in pred.items()}
+        out: dict[str, Any] = _to_cpu(pred)
         out["id"] = list(batch["id"])
         for key in ("level", "label", "source"):
             if key in batch:
@@ -163,8 +216,7 @@ class ZooModule(pl.LightningModule):
         return self._evaluate("test", batch)
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        pred = self.predictions(batch)
-        return {**{k: v.detach().cpu() for k, v in pred.items()}, "id": list(batch["id"])}
+        return {**_to_cpu(self.predictions(batch)), "id": list(batch["id"])}
 
     def calibrate_threshold(self, scores: Tensor, labels: Tensor) -> float:
         """The decision threshold from validation scores; the default maximises validation accuracy."""
@@ -262,6 +314,7 @@ def load_folder(directory: str | Path, expect: type | None = None, **overrides: 
     config = read_config(directory / CONFIG_NAME)
     if overrides:
         config = {**config, "init_args": {**config["init_args"], **overrides}}
+    method_class(config, str(directory / CONFIG_NAME), expect)  # a wrong name fails before anything is read
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise ZooError(f"{directory} has no {WEIGHTS_NAME}: a zoo checkpoint is a folder with {CONFIG_NAME} and "
@@ -325,14 +378,7 @@ def build_method(config: Mapping[str, Any], where: str, expect: type | None = No
     Pretrained encoders are not downloaded (the caller loads the checkpoint's weights next) unless
     ``pretrained_download``.
     """
-    from zoo import registry
-
-    name = config.get("name")
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ZooError(f"{where}: 'name' must be the registry name of a method, got {name!r}")
-    cls = registry.methods.load(name)
-    if expect is not None and expect is not ZooModule and not issubclass(cls, expect):
-        raise ZooError(f"{where} holds a {cls.__name__}, not a {expect.__name__}")
+    cls = method_class(config, where, expect)
     init_args = check_init_args(cls, config.get("init_args", {}), where)
     guard = contextlib.nullcontext() if pretrained_download else backbones.no_pretrained_download()
     try:
@@ -342,6 +388,19 @@ def build_method(config: Mapping[str, Any], where: str, expect: type | None = No
         raise ZooError(f"{where}: {err}") from err
     except (TypeError, ValueError) as err:
         raise ZooError(f"{where}: {cls.__name__} refused its init_args: {err}") from err
+
+
+def method_class(config: Mapping[str, Any], where: str, expect: type | None = None) -> type:
+    """The registered class ``config["name"]`` names (its entry point is the only code it can reach)."""
+    from zoo import registry
+
+    name = config.get("name")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ZooError(f"{where}: 'name' must be the registry name of a method, got {name!r}")
+    cls = registry.methods.load(name)
+    if expect is not None and expect is not ZooModule and not issubclass(cls, expect):
+        raise ZooError(f"{where} holds a {cls.__name__}, not a {expect.__name__}")
+    return cls
 
 
 def read_weights(path: Path) -> dict[str, Tensor]:
@@ -419,6 +478,10 @@ def read_weights_only(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ZooError(f"{path} cannot be read as a weights-only checkpoint: {err}") from err
+
+
+def _to_cpu(pred: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.detach().cpu() if isinstance(v, Tensor) else list(v) for k, v in pred.items()}
 
 
 def _untie(state: dict[str, Tensor]) -> dict[str, Tensor]:

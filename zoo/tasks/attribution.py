@@ -3,6 +3,9 @@
 The generator under test belongs to the method's configuration; the batch holds the images.
 """
 
+import torch
+
+from zoo.tasks.base import Field
 from zoo.tasks.binary import binary_task
 
 TASK = binary_task(
@@ -11,4 +14,8 @@ TASK = binary_task(
     positive="from the model",
     negative="elsewhere",
     mini_datamodule="MiniAttribution",
+    extra_prediction={
+        "loss": Field(torch.float32, ("B",), "the reconstruction loss of the inverted input", required=False),
+        "p_value": Field(torch.float32, ("B",), "p-value of the belonging test", required=False),
+    },
 )

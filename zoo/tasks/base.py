@@ -17,13 +17,15 @@ class Field:
     """One entry of a batch or a prediction.
 
     ``shape`` uses ``B`` for the batch size, ``C/H/W`` for image dimensions and integers for fixed sizes;
-    ``dtype`` is a torch dtype, or ``str`` for a list of strings.
+    ``dtype`` is a torch dtype, or ``str`` for a list of strings. A ``label`` field is what the evaluate
+    road adds (a ground truth): methods never need it to predict.
     """
 
     dtype: Any
     shape: tuple[Any, ...]
     doc: str
     required: bool = True
+    label: bool = False
 
     def check(self, name: str, value: Any, batch_size: int | None, where: str) -> int:
         if self.dtype is str:
@@ -71,18 +73,18 @@ class Task:
     # registry name of the task's mini-suite datamodule
     mini_datamodule: str = ""
 
-    def check(self, fields: Mapping[str, Field], values: Mapping[str, Any], where: str) -> None:
+    def check(self, fields: Mapping[str, Field], values: Mapping[str, Any], where: str, labelled: bool = True) -> None:
         size = None
         for name, spec in fields.items():
             if name not in values:
-                if spec.required:
+                if spec.required and (labelled or not spec.label):
                     raise ZooError(f"{where}: missing field {name!r} ({spec.doc}) of task {self.name}")
                 continue
             size = spec.check(name, values[name], size, where)
 
-    def check_batch(self, batch: Mapping[str, Any]) -> None:
-        """Raise a ZooError if ``batch`` breaks the batch contract."""
-        self.check(self.batch, batch, f"{self.name} batch")
+    def check_batch(self, batch: Mapping[str, Any], labelled: bool = True) -> None:
+        """Raise a ZooError if ``batch`` breaks the batch contract (``labelled=False``: labels may be absent)."""
+        self.check(self.batch, batch, f"{self.name} batch", labelled)
 
     def check_prediction(self, prediction: Mapping[str, Any], method: str) -> None:
         """Raise a ZooError if ``prediction`` breaks the prediction schema."""

@@ -2,9 +2,9 @@
 
 Batch contract:
     image   (B, 3, H, W) float  pre-processed by the method's transform
-    label   (B,) int64          1 for the positive class, 0 otherwise
+    label   (B,) int64          1 for the positive class, 0 otherwise (evaluation only)
     id      list[str]           the image's path or name
-    source  list[str]           where it comes from: a generator, a model or "real"
+    source  list[str]           where it comes from: a generator, a model or "real" (evaluation only)
     caption list[str]           optional, when the datamodule has captions
 
 Prediction schema:
@@ -39,21 +39,23 @@ def update(metrics: MetricCollection, prediction: Mapping[str, Any], batch: Mapp
     metrics["scores"].update(prediction["score"], batch["label"])
 
 
-def binary_task(name: str, question: str, positive: str, negative: str, mini_datamodule: str) -> Task:
-    """A binary task whose label 1 means ``positive``."""
+def binary_task(name: str, question: str, positive: str, negative: str, mini_datamodule: str,
+                extra_prediction: dict[str, Field] | None = None) -> Task:
+    """A binary task whose label 1 means ``positive``; ``extra_prediction``: optional fields of its own."""
     return Task(
         name=name,
         question=question,
         batch={
             "image": Field(torch.float32, ("B", 3, "H", "W"), "image"),
-            "label": Field(torch.int64, ("B",), f"1 = {positive}, 0 = {negative}"),
+            "label": Field(torch.int64, ("B",), f"1 = {positive}, 0 = {negative}", label=True),
             "id": Field(str, ("B",), "image path or name"),
-            "source": Field(str, ("B",), "generator, model or 'real'"),
+            "source": Field(str, ("B",), "generator, model or 'real'", label=True),
             "caption": Field(str, ("B",), "caption", required=False),
         },
         prediction={
             "score": Field(torch.float32, ("B",), f"higher = {positive}"),
             "decision": Field(torch.int64, ("B",), f"1 = decided {positive}", required=False),
+            **(extra_prediction or {}),
         },
         make_metrics=make_metrics,
         update=update,

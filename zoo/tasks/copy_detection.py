@@ -3,12 +3,13 @@
 Batch contract (one pair per row):
     generated (B, 3, H, W) float  the generated image, pre-processed by the method's transform
     real      (B, 3, H, W) float  the real image, pre-processed the same way
-    level     (B,) int64          annotated replication level, 0 (none) .. 5 (total)
+    level     (B,) int64          annotated replication level, 0 (none) .. 5 (total) (evaluation only)
     id        list[str]           the pair's name
 
 Prediction schema:
     level (B,) float   the method's point prediction of the level, in [0, 5]
     pdf   (B, 6) float optional: probability of each level 0..5 (index = level)
+    similarity (B,) float optional: the similarity the level is read from
 
 Metrics (D-Rep protocol of ICDiff, plus the ISC2021 µAP):
     pcc    Pearson correlation of predicted and true normalised level (level / 5)
@@ -60,12 +61,13 @@ TASK = Task(
     batch={
         "generated": Field(torch.float32, ("B", 3, "H", "W"), "generated image"),
         "real": Field(torch.float32, ("B", 3, "H", "W"), "real image"),
-        "level": Field(torch.int64, ("B",), "replication level 0..5"),
+        "level": Field(torch.int64, ("B",), "replication level 0..5", label=True),
         "id": Field(str, ("B",), "pair name"),
     },
     prediction={
         "level": Field(torch.float32, ("B",), "predicted level in [0, 5]"),
         "pdf": Field(torch.float32, ("B", NUM_LEVELS), "probability of each level 0..5", required=False),
+        "similarity": Field(torch.float32, ("B",), "the method's similarity of the two images", required=False),
     },
     make_metrics=make_metrics,
     update=update,

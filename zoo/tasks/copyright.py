@@ -4,6 +4,7 @@ The two models, pretrained and fine-tuned, belong to the method's configuration;
 suspect images.
 """
 
+from zoo.tasks.base import Field
 from zoo.tasks.binary import binary_task
 
 TASK = binary_task(
@@ -12,4 +13,6 @@ TASK = binary_task(
     positive="member",
     negative="hold-out",
     mini_datamodule="MiniCopyright",
+    extra_prediction={"artifact": Field(str, ("B",), "picture of the evidence (original / masked / recovered)",
+                                        required=False)},
 )
