@@ -1,7 +1,8 @@
 """A tiny copy-detection method for the gallery tests: fixed random projection of centred pixels.
 
 It offers the retrieval API of copy-detection methods (``embed``, ``pair_from_embeddings``) without
-depending on any plugin. The projection is a seeded buffer, so two instances embed identically.
+depending on any plugin. The projection is a seeded buffer, so two instances embed identically; with
+``seed=None`` it is drawn from torch's global generator, like the weights of a random-init network.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ class GalleryFixtureMethod(ZooModule):
     variants = {"tiny": {"dim": 32}}
     trains = False
 
-    def __init__(self, dim: int = 32, seed: int = 0) -> None:
+    def __init__(self, dim: int = 32, seed: int | None = 0) -> None:
         super().__init__()
-        generator = torch.Generator().manual_seed(seed)
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
         self.register_buffer("projection", torch.randn(3 * 8 * 8, dim, generator=generator))
 
     def embed(self, images: Tensor) -> Tensor:

@@ -180,6 +180,14 @@ def _png(color: int) -> bytes:
     return buffer.getvalue()
 
 
+def _noise_png(seed: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_webdataset_and_parquet_galleries(tmp_path: Path) -> None:
     import pandas as pd
 
@@ -275,3 +283,157 @@ def test_gallery_configs_parse(capsys: pytest.CaptureFixture[str]) -> None:
         assert printed["gallery"] == yaml.safe_load(config.read_text())["gallery"]
         if command == "embed":
             assert printed["trainer"]["strategy"] == "ddp" and printed["model"] == "PDFEmbedding"
+
+
+def _tiny_embedded(mini_gallery: dict[str, Path], out: Path) -> Path:
+    """The mini gallery embedded by the fixture method and indexed exactly."""
+    out = gallery.embed(mini_gallery["gallery"], out, gallery.load_method(METHOD, "tiny"),
+                        trainer={"accelerator": "cpu", "enable_progress_bar": False})
+    gallery.build_index(out, "flat")
+    return out
+
+
+def test_poisoned_gallery_runs_no_code(mini_gallery: dict[str, Path], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    (tmp_path / "poison.py").write_text(
+        f"from pathlib import Path\n\ndef make(*args, **kwargs):\n    Path({str(marker)!r}).write_text('x')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = _tiny_embedded(mini_gallery, tmp_path / "g")
+    manifest = json.loads((out / "gallery.json").read_text())
+    config_path = out / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    popen = {"class_path": "subprocess.Popen", "init_args": {"args": f"touch {marker}", "shell": True}}
+    poisons = {
+        # the manifest names a function to call; the model folder names a method that is not registered
+        "class_path": ({**manifest, "class_path": "poison.make"}, {**config, "name": "make"}, "unknown method 'make'"),
+        # a nested class_path inside an argument the constructor does accept
+        "nested": (manifest, {**config, "init_args": {"dim": 32, "seed": popen}}, "may not name code"),
+        "unknown argument": (manifest, {**config, "init_args": {"dim": 32, "x": popen}}, "'x' is not an argument"),
+    }
+    for what, (poisoned_manifest, poisoned_config, message) in poisons.items():
+        (out / "gallery.json").write_text(json.dumps(poisoned_manifest))
+        config_path.write_text(json.dumps(poisoned_config))
+        assert _zoo("match", "--gallery", str(out), "--generated", f"c={mini_gallery['copier']}",
+                    "--output", str(tmp_path / "r"), *FAST) == 2, what
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err and str(out / "model") in err, (what, err)
+        assert not marker.exists(), what
+
+
+def test_corrupt_manifests_are_named(mini_gallery: dict[str, Path], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = _tiny_embedded(mini_gallery, tmp_path / "g")
+    good = (out / "gallery.json").read_text()
+    for corrupt, message in (('{"count": 60, "shard_si', "is corrupt"), ("[1, 2]", "JSON object"),
+                             (good.replace('"count": 60', '"count": "60"'), "'count' should be of type int")):
+        (out / "gallery.json").write_text(corrupt)
+        assert _zoo("match", "--gallery", str(out), "--generated", f"c={mini_gallery['copier']}",
+                    "--output", str(tmp_path / "r"), *FAST) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "gallery.json" in err and message in err, err
+    (out / "gallery.json").write_text('{"ids_sha256": ')  # a killed run, then `zoo embed` again
+    assert _zoo("embed", "--gallery", str(mini_gallery["gallery"]), "--output", str(out), "--model", METHOD,
+                "--variant", "tiny", *FAST) == 2
+    assert "gallery.json" in capsys.readouterr().err
+    (out / "gallery.json").write_text(good)
+    (out / "index.json").write_text("{")
+    with pytest.raises(ZooError, match="index.json .* is corrupt"):
+        gallery.match(out, {"c": mini_gallery["copier"]}, tmp_path / "r")
+
+
+def test_unwritable_output_is_named(mini_gallery: dict[str, Path], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert _zoo("embed", "--gallery", str(mini_gallery["styler"]), "--output", str(blocker / "out"),
+                "--model", METHOD, "--variant", "tiny", *FAST) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--output {blocker / 'out'} cannot be written" in err
+    if os.geteuid() != 0:  # root writes through permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(ZooError, match="cannot be written: Permission denied"):
+            gallery.embed(mini_gallery["styler"], locked, gallery.load_method(METHOD, "tiny"))
+
+
+def test_undecodable_names_broken_links_and_bad_ids(tmp_path: Path) -> None:
+    import pandas as pd
+
+    folder = tmp_path / "names"
+    folder.mkdir()
+    (folder / "plain.png").write_bytes(_noise_png(1))
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.png"), "wb") as handle:  # latin-1, not UTF-8
+        handle.write(_noise_png(2))
+    out = gallery.embed(folder, tmp_path / "e", gallery.load_method(METHOD, "tiny"),
+                        trainer={"accelerator": "cpu", "enable_progress_bar": False})
+    gallery.build_index(out)
+    assert sorted(_gallery_ids_and_vectors(out)) == ["caf\\xe9", "plain"]
+    report = gallery.match(out, {"self": folder}, tmp_path / "r", k=2,
+                           trainer={"accelerator": "cpu", "enable_progress_bar": False})
+    assert report["generators"]["self"]["replication_ratio"] == 1.0  # each image finds itself
+    assert "caf\\xe9,caf\\xe9" in (tmp_path / "r" / "matches.csv").read_text()
+
+    (folder / "gone.png").symlink_to(folder / "nowhere.png")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    (folder / "again").symlink_to(folder)  # a folder loop
+    with pytest.raises(ZooError, match=r"3 entries cannot be read .*again.*gone.png.*loop.jpg"):
+        gallery.Catalog.scan(folder)
+
+    for ids, message in ((["a", None, "c"], "row group 0 row 1: the id .* is empty"),
+                         (["a", "b", "a"], "duplicate id 'a'")):
+        shard = tmp_path / f"shard-{len(message)}.parquet"
+        pd.DataFrame({"id": ids, "image": [_png(i) for i in range(3)]}).to_parquet(shard)
+        with pytest.raises(ZooError, match=message):
+            gallery.Catalog.scan(shard)
+
+
+def test_bad_image_in_a_worker_is_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "fine.png").write_bytes(_png(3))
+    (broken / "bad.png").write_bytes(b"not an image at all")
+    with pytest.raises(ZooError) as info:
+        gallery.embed(broken, tmp_path / "e", gallery.load_method(METHOD, "tiny"), num_workers=1,
+                      trainer={"accelerator": "cpu", "enable_progress_bar": False})
+    assert str(info.value).endswith("bad.png: not an image file PIL can read") and "\n" not in str(info.value)
+
+
+def test_killed_embed_of_a_random_init_model_resumes(mini_gallery: dict[str, Path], tmp_path: Path) -> None:
+    command = ["embed", "--gallery", str(mini_gallery["styler"]), "--output", str(tmp_path / "g"), "--model", METHOD,
+               "--variant", "tiny", "--model_args", '{"seed": null}', "--shard_size", "8", *FAST]
+    assert _zoo(*command) == 0
+    manifest = json.loads((tmp_path / "g" / "gallery.json").read_text())
+    kept = (tmp_path / "g" / "shard-00000.safetensors").stat().st_mtime_ns
+    # as if killed while writing the last shard: manifest unfinished, shard 2 missing
+    (tmp_path / "g" / "shard-00002.json").unlink()
+    (tmp_path / "g" / "gallery.json").write_text(json.dumps({**manifest, "complete": False}))
+    torch.manual_seed(1234)  # another process, another global random state
+    assert _zoo(*command) == 0
+    assert gallery.read_manifest(tmp_path / "g")["model_sha256"] == manifest["model_sha256"]
+    assert (tmp_path / "g" / "shard-00000.safetensors").stat().st_mtime_ns == kept
+    assert (tmp_path / "g" / "shard-00002.json").is_file()
+    # another seed is another model: refused, never mixed into the same shards
+    assert _zoo(*command, "--seed", "1") == 2
+
+
+def test_noise_initialised_pdf_embedding_is_rebuilt_identically() -> None:
+    first = gallery.load_method("PDFEmbedding", "tiny")
+    torch.rand(10)
+    assert gallery.fingerprint(gallery.load_method("PDFEmbedding", "tiny")) == gallery.fingerprint(first)
+    assert gallery.fingerprint(gallery.load_method("PDFEmbedding", "tiny", seed=1)) != gallery.fingerprint(first)
+    with pytest.raises(ZooError, match="registered method"):
+        gallery.load_method("gallery_fixture_method.GalleryFixtureMethod")
+
+
+def test_ratio_interval_and_histogram_agree() -> None:
+    ratio, (lo, hi) = gallery.replication_ratio(np.zeros(50), 3, 0.95)
+    assert ratio == 0.0 and lo == 0.0 and 0.05 < hi < 0.1  # Wilson: 0/50 still leaves room up to ~7%
+    ratio, (lo, hi) = gallery.replication_ratio(np.full(50, 5.0), 3, 0.95)
+    assert ratio == 1.0 and 0.9 < lo < 0.95 and hi == pytest.approx(1.0)
+    levels = np.array([2.6, 2.99, 3.0, 3.4, 4.5, 5.0, -1.0])
+    histogram = gallery.level_histogram(levels)
+    assert histogram == [1, 0, 2, 2, 1, 1] and sum(histogram) == len(levels)
+    ratio, _ = gallery.replication_ratio(levels, 3, 0.95)
+    assert ratio * len(levels) == sum(histogram[3:]) == 4

@@ -134,6 +134,7 @@ def _scan_folder(root: Path) -> list[tuple[str, str]]:
                 continue
             found.append((file, printable(Path(file).relative_to(root).with_suffix("").as_posix())))
     if broken:
+        broken.sort()
         shown = ", ".join(printable(b) for b in broken[:SHOWN]) + (" ..." if len(broken) > SHOWN else "")
         raise ZooError(f"gallery {printable(str(root))}: {len(broken)} entries cannot be read (broken or looping "
                        f"links, links to a folder listed already, unreadable folders: {shown}); fix or remove them")

@@ -53,7 +53,7 @@ def load_gallery_method(gallery: Path, manifest: Mapping[str, Any]) -> Any:
     try:
         method = load_folder(folder)
     except ZooError as err:
-        raise ZooError(f"the method of the gallery {gallery} cannot be loaded: {err}") from err
+        raise ZooError(f"the method saved with the gallery ({folder}) cannot be built: {err}") from err
     check_retrieval(method, str(folder))
     if fingerprint(method) != manifest["model_sha256"]:
         raise ZooError(f"{folder} does not hold the weights the gallery was embedded with")

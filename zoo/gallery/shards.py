@@ -73,7 +73,7 @@ def check_manifest(manifest: Mapping[str, Any], path: Path) -> dict[str, Any]:
     for key, kind in MANIFEST_FIELDS.items():
         value = manifest.get(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ZooError(f"{path} is corrupt: {key!r} should be a {kind.__name__}, got {value!r}")
+            raise ZooError(f"{path} is corrupt: {key!r} should be of type {kind.__name__}, got {value!r}")
     if manifest["dtype"] not in DTYPES:
         raise ZooError(f"{path} is corrupt: dtype {manifest['dtype']!r} is not one of {', '.join(DTYPES)}")
     if manifest["count"] < 1 or manifest["shard_size"] < 1 or (
