@@ -7,21 +7,26 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+import open_clip
 import pytest
 import torch
 from conftest import ROOT, fast_trainer
 from PIL import Image
+from safetensors.torch import load_file
+from scipy.ndimage import gaussian_filter
 from zoo_clip_mlp.lightning_model import CLIPMLP, UniversalFakeDetect
-from zoo_clip_mlp.torch_model import FeatureCache, fit_head, make_head
+from zoo_clip_mlp.torch_model import BlurJpeg, FeatureCache, fit_head, make_head
 from zoo_cnn_detector.lightning_model import CNNDetector, count_pos_weight
 from zoo_cnn_detector.torch_model import Augment
 
-from zoo.cli import ZooCLI
+from zoo import backbones
+from zoo.cli import ZooCLI, main
 from zoo.data import mini
 from zoo.data.folders import FakeImageFolders
 from zoo.data.mini_datamodules import MiniFakeDetection
 from zoo.errors import ZooError
-from zoo.module import ZooModule
+from zoo.module import ZooModule, load_folder
 
 TINY_VARIANTS = [(cls, v) for cls in (CLIPMLP, UniversalFakeDetect, CNNDetector) for v in cls.variants
                  if v.startswith("tiny")]
@@ -57,8 +62,9 @@ def fitted() -> dict:
         head_before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
         trainer = fast_trainer(max_epochs=1, limit_train_batches=4)
         trainer.fit(model, data)
+        val_loss = float(trainer.callback_metrics["val/loss"])
         (metrics,) = trainer.test(model, data, verbose=False)
-        out[(cls.__name__, variant)] = (model, metrics, head_before)
+        out[(cls.__name__, variant)] = (model, {**metrics, "val/loss": val_loss}, head_before)
     return out
 
 
@@ -67,6 +73,7 @@ def test_every_tiny_variant_fits_and_tests(fitted: dict, cls: type, variant: str
     model, metrics, head_before = fitted[(cls.__name__, variant)]
     for key in ("test/acc", "test/auroc", "test/ap", "test/tpr_at_1fpr"):
         assert math.isfinite(metrics[key]) and 0.0 <= metrics[key] <= 1.0, key
+    assert math.isfinite(metrics["val/loss"]) and metrics["val/loss"] > 0  # what the release's early stopping watches
     # the validation-calibrated threshold is the one used and reported
     assert metrics["test/threshold"] == pytest.approx(float(model.threshold))
     assert float(model.threshold) != cls.default_threshold
@@ -216,21 +223,163 @@ def test_bad_arguments_are_clear_errors() -> None:
         CNNDetector(backbone="no_such_net", pretrained=False)
 
 
-def test_heads_have_the_papers_shapes() -> None:
-    widths = {name: [m.out_features for m in make_head(name, 1024) if isinstance(m, torch.nn.Linear)]
-              for name in ("linear", "mlp", "deep")}
-    assert widths == {"linear": [1], "mlp": [512, 1], "deep": [512, 256, 256, 1]}
+def test_heads_are_the_released_linear_stacks() -> None:
+    heads = {name: make_head(name, 1024) for name in ("linear", "mlp", "deep")}
+    widths = {name: [m.out_features for m in head] for name, head in heads.items()}
+    assert widths == {"linear": [1], "mlp": [512, 512, 1], "deep": [512, 512, 256, 256, 1]}
+    # the release's test.py has no activation between the layers
+    assert all(isinstance(m, torch.nn.Linear) for head in heads.values() for m in head)
     assert UniversalFakeDetect.display_name == "UniversalFakeDetect"
     assert UniversalFakeDetect.__init__.__defaults__[:3] == ("open_clip:ViT-L-14@openai", True, "linear")
 
 
-def test_augment_keeps_the_normalisation_and_changes_images() -> None:
-    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
-    images = (torch.rand(4, 3, 32, 32) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    same = Augment(mean, std, p=0.0)(images)
-    assert same.shape == images.shape and (same - images).abs().max() < 1 / 255 / min(std)  # only 8-bit rounding
+def test_image_and_text_features_are_l2_normalised_each_before_concatenation() -> None:
     torch.manual_seed(0)
-    assert (Augment(mean, std, p=1.0)(images) - images).abs().mean() > 0.1
+    net = CLIPMLP.from_variant("tiny_text").net.eval()
+    image, text = torch.randn(4, net.encoder.dim), torch.randn(4, net.encoder.text_dim)
+    with torch.no_grad():
+        expected = net.head(torch.cat([image / image.norm(dim=1, keepdim=True),
+                                       text / text.norm(dim=1, keepdim=True)], dim=1)).squeeze(1)
+        assert torch.allclose(net.classify(image, text), expected, atol=1e-6)
+        assert torch.allclose(net.classify(5 * image, 0.5 * text), expected, atol=1e-6)
+        assert not torch.allclose(net.head(torch.cat([image, text], dim=1)).squeeze(1), expected, atol=1e-3)
+        # UniversalFakeDetect's release feeds the raw CLIP features to its linear layer
+        ufd = UniversalFakeDetect.from_variant("tiny").net.eval()
+        assert torch.allclose(ufd.classify(image), ufd.head(image).squeeze(1))
+        assert not torch.allclose(ufd.classify(2 * image), ufd.classify(image))
+
+
+def test_cnn_augment_has_the_released_probabilities_and_magnitudes() -> None:
+    from torchvision.transforms import v2
+
+    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    augment = Augment(mean, std)
+    noise, flip, colour, gray, affine = augment.pixels.transforms
+    assert augment.jpeg.p == 0.2 and augment.jpeg.transforms[0].quality == [60, 100]
+    assert (noise.p, flip.p, colour.p, gray.p, affine.p) == (0.3, 0.5, 0.4, 0.2, 0.5)
+    shift_scale_rotate = affine.transforms[0]
+    assert list(shift_scale_rotate.degrees) == [-5.0, 5.0] and list(shift_scale_rotate.translate) == [0.1, 0.1]
+    assert list(shift_scale_rotate.scale) == [0.8, 1.2]
+    assert shift_scale_rotate.interpolation == v2.InterpolationMode.BILINEAR
+    images = (torch.rand(8, 3, 32, 32) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.manual_seed(0)
+    out = augment(images)
+    assert out.shape == images.shape and (out - images).abs().mean() > 0.01
+    pixels = out * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5  # normalised again from [0, 1] pixels
+
+
+def test_universal_crop_has_no_resize_and_blur_is_the_releases_gaussian_filter() -> None:
+    model = UniversalFakeDetect.from_variant("tiny")
+    mean, std = model.augmenter.mean[0], model.augmenter.std[0]  # (3, 1, 1)
+    size = model.net.encoder.image_size
+    array = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
+    image = model.image_transform()(Image.fromarray(array))
+
+    def to_uint8(tensor: torch.Tensor) -> np.ndarray:
+        return ((tensor * std + mean) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+    top, left = (80 - size) // 2, (100 - size) // 2
+    crop = array[top:top + size, left:left + size]
+    assert np.array_equal(to_uint8(image), crop)  # the release's test transform: a centre crop, no resize
+    # blur alone (p 1, sigma 2) is scipy's gaussian_filter on each 8-bit channel, then maybe a flip
+    blur = BlurJpeg(mean.flatten(), std.flatten(), blur_p=1.0, blur_sigma=(2.0, 2.0), jpeg_p=0.0)
+    got = to_uint8(blur(image[None])[0])
+    expected = crop.copy()
+    for channel in range(3):
+        gaussian_filter(expected[:, :, channel], output=expected[:, :, channel], sigma=2.0)
+    assert np.array_equal(got, expected) or np.array_equal(got, expected[:, ::-1])
+    assert not np.array_equal(got, crop)
+
+
+@pytest.fixture
+def fake_clip_download(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """open_clip's pretrained download, faked offline: a tag gives fixed weights of its own; the tags asked for."""
+    real, asked = open_clip.create_model_and_transforms, []
+
+    def create(name: str, pretrained: str | None = None, **kwargs):
+        model, train_transform, transform = real(name, pretrained=None, **kwargs)
+        if pretrained:
+            asked.append(pretrained)
+            generator = torch.Generator().manual_seed(7)
+            with torch.no_grad():
+                for param in model.parameters():
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+        return model, train_transform, transform
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", create)
+    return asked
+
+
+def test_pretrained_encoder_is_referenced_not_copied(fake_clip_download: list[str], tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = CLIPMLP(backbone="open_clip:zoo-tiny-clip@pinned", pretrained=True, head="mlp").eval()
+    assert fake_clip_download == ["pinned"]
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    assert not any(key.startswith("net.encoder.") for key in saved)
+    assert sum(v.numel() for v in saved.values()) == sum(p.numel() for p in model.net.head.parameters()) + 1
+    loaded = load_folder(tmp_path)  # built without a download, then the encoder from its pinned tag
+    assert fake_clip_download == ["pinned", "pinned"]
+    for (key, value), other in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(value, other), key
+    with backbones.no_pretrained_download(), pytest.raises(ZooError, match="not in the checkpoint"):
+        load_folder(tmp_path)
+
+
+def test_random_init_encoder_is_saved_and_round_trips_exactly(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = CLIPMLP.from_variant("tiny").eval()
+    assert model.reference_state_keys() == set()
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    assert set(saved) == set(model.state_dict())
+    loaded = load_folder(tmp_path)
+    for (key, value), other in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(value, other), key
+
+
+def test_released_universal_head_converts_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    real = open_clip.create_model_and_transforms
+
+    def no_download(name: str, pretrained: str | None = None, **kwargs):
+        assert pretrained is None, "the converter must not download CLIP"
+        return real(name, pretrained=None, **kwargs)
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", no_download)
+    # the release's pretrained_weights/fc_weights.pth holds these keys and shapes (saved on cuda:0 there)
+    released = {"weight": torch.randn(1, 768), "bias": torch.randn(1)}
+    path = tmp_path / "fc_weights.pth"
+    torch.save(released, path)
+    out = tmp_path / "out"
+    assert main(["convert", "--released", "UniversalFakeDetect", str(path), str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["name"] == "UniversalFakeDetect"
+    assert config["init_args"]["backbone"] == "open_clip:ViT-L-14@openai" and config["init_args"]["pretrained"]
+    saved = load_file(out / "model.safetensors")
+    assert set(saved) == {"net.head.0.weight", "net.head.0.bias", "threshold"}  # no copy of CLIP
+    assert torch.equal(saved["net.head.0.weight"], released["weight"])
+    assert torch.equal(saved["net.head.0.bias"], released["bias"])
+    assert float(saved["threshold"]) == 0.0  # the release decides at probability 0.5
+    assert (out / "model.safetensors").stat().st_size < 10_000
+    # a file of other keys or shapes is a one-line error naming it
+    torch.save({"fc.weight": torch.zeros(1, 768)}, path)
+    with pytest.raises(ZooError, match="fc_weights.pth: not the release's"):
+        UniversalFakeDetect.convert_released(path)
+    torch.save(released, path)
+    with pytest.raises(ZooError, match=r"'weight' has shape \(1, 768\)"):
+        UniversalFakeDetect.convert_released(path, backbone="open_clip:zoo-tiny-clip", pretrained=False)
+
+
+def test_universal_recipe_is_the_releases() -> None:
+    model = UniversalFakeDetect.from_variant("tiny")
+    config = model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 1e-4
+    assert optimizer.defaults["weight_decay"] == 0.0
+    assert isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert scheduler["monitor"] == "val/acc" and scheduler["scheduler"].factor == pytest.approx(0.1)
+    assert model.hparams.pos_weight == 1.0 and isinstance(model.augmenter, BlurJpeg)
 
 
 def test_fit_head_learns_separable_cached_features() -> None:

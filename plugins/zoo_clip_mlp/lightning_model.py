@@ -13,8 +13,10 @@ from torch.utils.data import DataLoader, Subset
 from zoo_cnn_detector.lightning_model import FakeDetector
 from zoo_cnn_detector.torch_model import Augment, normalization_of
 
+from zoo import backbones
 from zoo.errors import ZooError
-from zoo_clip_mlp.torch_model import CLIPMLPNet, FeatureCache, content_digest, weights_fingerprint
+from zoo.module import read_weights_only
+from zoo_clip_mlp.torch_model import BlurJpeg, CLIPMLPNet, FeatureCache, content_digest, weights_fingerprint
 
 TINY = {"backbone": "open_clip:zoo-tiny-clip", "pretrained": False}
 
@@ -25,9 +27,12 @@ class CLIPMLP(FakeDetector):
     Args:
         backbone: an ``open_clip:<arch>@<tag>`` encoder: ``RN50@openai`` (1024-d) and ``ViT-B-32@openai``
             (512-d) as in the paper, ``ViT-L-14@openai`` as the strong setting.
-        pretrained: load the encoder's pretrained weights.
-        head: ``linear``, ``mlp`` (d-512-1) or ``deep`` (d-512-256-256-1).
+        pretrained: load the encoder's pretrained weights. A pretrained encoder is frozen and named by its
+            pinned tag, so it is not saved with the head (see ``reference_state_keys``); a random-init one is.
+        head: ``linear``, ``mlp`` (d-512-512-1) or ``deep`` (d-512-512-256-256-1), linear layers with no
+            activation, as in the release.
         use_text: concatenate the CLIP text embedding of the caption (the datamodule needs ``captions=True``).
+        normalize: L2-normalise the image and the text features, each on its own, before the head.
         feature_cache: a directory where the encoder's image features are kept, one safetensors file per
             encoder (spec, pretrained tag, pre-processing and weights), rows keyed by image content, so a
             second run over the same images skips the encoder. None: no cache.
@@ -56,6 +61,7 @@ class CLIPMLP(FakeDetector):
         pretrained: bool = True,  # paper: OpenAI CLIP weights, frozen
         head: str = "mlp",  # paper: MLP 512-512-1 (also linear and 512-512-256-256-1)
         use_text: bool = False,  # paper: image features alone, or with the caption's text features
+        normalize: bool = True,  # release train.py: image and text features each divided by their norm
         feature_cache: str | None = None,
         optimizer: str = "sgd",  # paper: SGD
         lr: float = 0.1,  # paper: learning rate 0.1
@@ -71,15 +77,36 @@ class CLIPMLP(FakeDetector):
         if augment and feature_cache:
             raise ZooError(f"{type(self).__name__}: augment=True and feature_cache={feature_cache!r} exclude "
                            "each other (augmented images have no fixed features); drop one")
-        self.net = CLIPMLPNet(backbone, head=head, use_text=use_text, pretrained=pretrained,
+        self.net = CLIPMLPNet(backbone, head=head, use_text=use_text, pretrained=pretrained, normalize=normalize,
                               image_size=image_size, model_kwargs=model_kwargs)
-        self.augmenter = Augment(*normalization_of(self.net.encoder.transform)) if augment else None
+        self.augmenter = self.make_augmenter() if augment else None
         self._cache: FeatureCache | None = None
         self._cached_ids: dict[str, int] = {}
         self._cached_features: Tensor | None = None
 
+    def make_augmenter(self) -> torch.nn.Module:
+        """The training augmentations (the CNN detectors' set, as the release applies to every model)."""
+        return Augment(*normalization_of(self.net.encoder.transform))
+
     def image_transform(self) -> Callable[[Any], Tensor]:
         return self.net.encoder.transform
+
+    # ------------------------------------------------------------------ persistence
+    def reference_state_keys(self) -> set[str]:
+        """The frozen encoder's keys when it is pretrained: ``config.json`` names it by its pinned tag."""
+        if not self.hparams.pretrained:
+            return set()  # a random-init encoder is part of the model
+        return {key for key in self.state_dict() if key.startswith("net.encoder.")}
+
+    def load_reference_weights(self) -> None:
+        """Load the encoder's pretrained weights from its pinned tag (open_clip downloads them once)."""
+        if not backbones.want_pretrained(True):
+            raise ZooError(f"{type(self).__name__}: the encoder {self.hparams.backbone} is not in the checkpoint "
+                           "and pretrained downloads are off here")
+        hp = self.hparams
+        reference = backbones.Encoder(hp.backbone, pretrained=True, image_size=hp.image_size,
+                                      model_kwargs=hp.model_kwargs)
+        self.net.encoder.load_state_dict(reference.state_dict())
 
     # ------------------------------------------------------------------ features
     def logits(self, batch: Mapping[str, Any], augment: bool = False) -> Tensor:
@@ -161,9 +188,19 @@ def _record_bytes(record: Any) -> bytes:
 
 
 class UniversalFakeDetect(CLIPMLP):
-    """A linear probe on frozen CLIP ViT-L/14 features (Ojha et al.), trained with Adam.
+    """A linear probe on frozen CLIP ViT-L/14 features (Ojha et al.), with their training protocol.
 
-    The arguments are those of ``CLIPMLP`` with Ojha et al.'s defaults.
+    Test-time pre-processing is the release's: a centre crop of the encoder's input size (224) with no
+    resize, then CLIP's normalisation. Training adds the release's blur and JPEG augmentation and a
+    horizontal flip (``augment``), AdamW and a learning rate divided by 10 when validation accuracy
+    stops improving for 5 epochs.
+
+    Args:
+        backbone / pretrained / head / feature_cache / image_size / model_kwargs: as ``CLIPMLP``.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        pos_weight: BCE ``pos_weight``; 1.0 is the release's plain BCE (None: #real/#generated).
+        augment: blur (sigma 0-3, p 0.5), JPEG (quality 30-100, p 0.5) and flip during training.
     """
 
     paper = "Towards Universal Fake Image Detectors that Generalize Across Generative Models (Ojha et al., CVPR 2023)"
@@ -175,22 +212,72 @@ class UniversalFakeDetect(CLIPMLP):
 
     def __init__(
         self,
-        backbone: str = "open_clip:ViT-L-14@openai",  # Ojha et al.: CLIP ViT-L/14, OpenAI weights
-        pretrained: bool = True,
-        head: str = "linear",  # Ojha et al.: one linear layer
-        use_text: bool = False,
+        backbone: str = "open_clip:ViT-L-14@openai",  # release: CLIP:ViT-L/14, OpenAI weights
+        pretrained: bool = True,  # release: --fix_backbone, the frozen OpenAI encoder
+        head: str = "linear",  # release: models/clip_models.py, nn.Linear(768, 1)
         feature_cache: str | None = None,
-        optimizer: str = "adam",  # Ojha et al.: Adam
-        lr: float = 1e-4,  # Ojha et al.: learning rate 1e-4
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,  # Ojha et al.: none
-        min_lr_ratio: float = 1.0,  # constant rate (Ojha et al. divide it by 10 on plateaus; not reproduced)
-        pos_weight: float | None = None,  # balanced BCE, as in the CLIP-MLP recipe
-        augment: bool = False,
+        lr: float = 1e-4,  # release: options/train_options.py --lr 0.0001
+        weight_decay: float = 0.0,  # release: options/base_options.py --weight_decay 0.0
+        pos_weight: float | None = 1.0,  # release: networks/trainer.py, nn.BCEWithLogitsLoss()
+        augment: bool = True,  # release: data_augment, blur and JPEG each with p 0.5, and a flip
         image_size: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(backbone=backbone, pretrained=pretrained, head=head, use_text=use_text,
-                         feature_cache=feature_cache, optimizer=optimizer, lr=lr, momentum=momentum,
-                         weight_decay=weight_decay, min_lr_ratio=min_lr_ratio, pos_weight=pos_weight,
+        super().__init__(backbone=backbone, pretrained=pretrained, head=head, normalize=False,
+                         feature_cache=feature_cache, lr=lr, weight_decay=weight_decay, pos_weight=pos_weight,
                          augment=augment, image_size=image_size, model_kwargs=model_kwargs)
+        # this constructor's arguments only: drop those of the CLIP-MLP recipe it fixes
+        self.save_hyperparameters(ignore=["use_text", "normalize", "optimizer", "momentum", "min_lr_ratio"])
+        # release: networks/trainer.py, torch.nn.init.normal_(fc.weight, 0.0, opt.init_gain=0.02)
+        torch.nn.init.normal_(self.net.head[-1].weight, 0.0, 0.02)
+
+    def make_augmenter(self) -> torch.nn.Module:
+        return BlurJpeg(*normalization_of(self.net.encoder.transform))
+
+    def image_transform(self) -> Callable[[Any], Tensor]:
+        """The release's test transform (validate.py): CenterCrop(224), no resize, CLIP's normalisation."""
+        from torchvision import transforms
+
+        mean, std = normalization_of(self.net.encoder.transform)
+        return transforms.Compose([transforms.CenterCrop(self.net.encoder.image_size), transforms.ToTensor(),
+                                   transforms.Normalize(mean.tolist(), std.tolist())])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        # release: networks/trainer.py, AdamW(betas=(0.9, 0.999)); train.py divides the rate by 10 once
+        # validation accuracy has not improved by 0.001 for --earlystop_epoch 5 epochs
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=hp.lr, betas=(0.9, 0.999),
+                                      weight_decay=hp.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=4,
+                                                               threshold=0.001, threshold_mode="abs")
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/acc", "interval": "epoch", "strict": False}}
+
+    @classmethod
+    def convert_released(cls, path: str | Path, **init_args: Any) -> UniversalFakeDetect:
+        """The release's ``pretrained_weights/fc_weights.pth`` (the head's ``weight`` 1x768 and ``bias``).
+
+        Read weights-only onto the CPU, with no download: the encoder is named by its pinned tag
+        (``open_clip:ViT-L-14@openai``) and built without its weights, so ``save_pretrained`` writes the
+        head alone; a loaded checkpoint fetches the encoder (``load_reference_weights``).
+
+        Example:
+            >>> UniversalFakeDetect.convert_released("fc_weights.pth").save_pretrained("ufd")
+        """
+        state = read_weights_only(path)
+        if not isinstance(state, dict) or set(state) != {"weight", "bias"}:
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ZooError(f"{path}: not the release's fc_weights.pth (a state dict with 'weight' and 'bias'); "
+                           f"found {found}")
+        with backbones.no_pretrained_download():
+            model = cls(**init_args)
+        head = model.net.head[-1]
+        for name, expected in (("weight", head.weight), ("bias", head.bias)):
+            if not isinstance(state[name], Tensor) or state[name].shape != expected.shape:
+                shape = tuple(getattr(state[name], "shape", ()))
+                raise ZooError(f"{path}: {name!r} has shape {shape}, the head on {model.hparams.backbone} "
+                               f"expects {tuple(expected.shape)}")
+        with torch.no_grad():
+            head.weight.copy_(state["weight"])
+            head.bias.copy_(state["bias"])
+        return model.eval()

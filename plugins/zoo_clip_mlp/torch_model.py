@@ -13,23 +13,27 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+from zoo_cnn_detector.torch_model import PixelAugment
 
 from zoo.backbones import Encoder, freeze
 from zoo.errors import ZooError
 
-# hidden widths of each head (the paper: "a linear head, an MLP 512-512-1 and a deeper 512-512-256-256-1")
-HEADS: dict[str, tuple[int, ...]] = {"linear": (), "mlp": (512,), "deep": (512, 256, 256)}
+# hidden widths of each head: the release's test.py (model 2, 3, 4) builds Linear(d, 1); Linear(d, 512),
+# Linear(512, 512), Linear(512, 1); and Linear(d, 512), Linear(512, 512), Linear(512, 256), Linear(256, 256),
+# Linear(256, 1), with no activation between the layers
+HEADS: dict[str, tuple[int, ...]] = {"linear": (), "mlp": (512, 512), "deep": (512, 512, 256, 256)}
 
 
 def make_head(name: str, dim: int) -> nn.Sequential:
-    """The head ``name`` on ``dim``-dimensional features, ending in one logit (ReLU between layers)."""
+    """The head ``name`` on ``dim``-dimensional features: Linear layers ending in one logit, no activation."""
     if name not in HEADS:
         raise ZooError(f"head={name!r}: choose one of {', '.join(HEADS)}")
     layers: list[nn.Module] = []
     for width in HEADS[name]:
-        layers += [nn.Linear(dim, width), nn.ReLU()]
+        layers.append(nn.Linear(dim, width))
         dim = width
     layers.append(nn.Linear(dim, 1))
     return nn.Sequential(*layers)
@@ -43,17 +47,20 @@ class CLIPMLPNet(nn.Module):
         head: ``linear``, ``mlp`` or ``deep``.
         use_text: also feed the caption's text embedding to the head.
         pretrained: load the encoder's pretrained weights.
+        normalize: L2-normalise the image and the text features, each on its own, before the head.
         image_size / model_kwargs: encoder overrides, for tiny variants.
     """
 
     def __init__(self, backbone: str, head: str = "mlp", use_text: bool = False, pretrained: bool = True,
-                 image_size: int | None = None, model_kwargs: dict[str, Any] | None = None) -> None:
+                 normalize: bool = False, image_size: int | None = None,
+                 model_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         if not backbone.startswith("open_clip:"):
             raise ZooError(f"backbone={backbone!r}: CLIP-MLP needs an 'open_clip:<arch>@<tag>' encoder")
         self.encoder = freeze(Encoder(backbone, pretrained=pretrained, image_size=image_size,
                                       model_kwargs=model_kwargs))
         self.use_text = use_text
+        self.normalize = normalize
         dim = self.encoder.dim + (self.encoder.text_dim if use_text else 0)
         self.head = make_head(head, dim)
 
@@ -72,15 +79,62 @@ class CLIPMLPNet(nn.Module):
 
     def classify(self, image_features: Tensor, text_features: Tensor | None = None) -> Tensor:
         """Logits (B,) from image features and, with ``use_text``, the captions' text features."""
+        if self.normalize:
+            image_features = nn.functional.normalize(image_features, dim=-1)
         if self.use_text:
             if text_features is None:
                 raise ZooError("use_text=True needs the captions' text features")
+            if self.normalize:
+                text_features = nn.functional.normalize(text_features, dim=-1)
             image_features = torch.cat([image_features, text_features], dim=1)
         return self.head(image_features).squeeze(1)
 
     def forward(self, images: Tensor, captions: Sequence[str] | None = None) -> Tensor:
         text = self.text_features(captions) if self.use_text and captions is not None else None
         return self.classify(self.image_features(images), text)
+
+
+class BlurJpeg(PixelAugment):
+    """Ojha et al.'s training augmentation (``data/datasets.py``, ``data_augment``), then a horizontal flip.
+
+    Each image draws its own: a Gaussian blur (scipy's ``gaussian_filter`` on each 8-bit channel, sigma in
+    ``blur_sigma``) with probability ``blur_p``, then JPEG re-compression (libjpeg through PIL, an integer
+    quality in ``jpeg_quality``) with probability ``jpeg_p``, then a horizontal flip with probability 0.5.
+
+    Args:
+        mean / std: the encoder's normalisation.
+        blur_p / blur_sigma / jpeg_p / jpeg_quality: as ``--blur_prob``, ``--blur_sig``, ``--jpg_prob``,
+            ``--jpg_qual`` of the release (defaults: the release's).
+    """
+
+    def __init__(self, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, blur_p: float = 0.5,
+                 blur_sigma: tuple[float, float] = (0.0, 3.0), jpeg_p: float = 0.5,
+                 jpeg_quality: tuple[int, int] = (30, 100)) -> None:
+        super().__init__(mean, std)
+        self.blur_p, self.blur_sigma = blur_p, blur_sigma
+        self.jpeg_p, self.jpeg_quality = jpeg_p, jpeg_quality
+
+    def augment_uint8(self, image: Tensor) -> Tensor:
+        import io
+
+        from PIL import Image
+        from scipy.ndimage import gaussian_filter
+
+        array = image.permute(1, 2, 0).numpy().copy()
+        if float(torch.rand(())) < self.blur_p:
+            low, high = self.blur_sigma
+            sigma = low + (high - low) * float(torch.rand(()))
+            for channel in range(3):  # in place on the 8-bit channel, as the release does
+                gaussian_filter(array[:, :, channel], output=array[:, :, channel], sigma=sigma)
+        if float(torch.rand(())) < self.jpeg_p:
+            quality = int(torch.randint(self.jpeg_quality[0], self.jpeg_quality[1] + 1, ()))
+            buffer = io.BytesIO()
+            Image.fromarray(array).save(buffer, format="jpeg", quality=quality)
+            array = np.array(Image.open(buffer).convert("RGB"))
+        return torch.from_numpy(array).permute(2, 0, 1)
+
+    def augment_float(self, image: Tensor) -> Tensor:
+        return image.flip(-1) if float(torch.rand(())) < 0.5 else image
 
 
 def weights_fingerprint(module: nn.Module) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,9 +32,11 @@ class FakeDetector(ZooModule):
     A subclass sets ``self.recipe`` (the arguments below) in its ``__init__`` and implements
     ``logits(batch, augment)``.
 
-    Recipe: ``optimizer`` SGD (``lr``, ``momentum``, ``weight_decay``; ``adam`` for other papers), cosine decay over the Trainer's ``max_epochs``
-    down to ``lr * min_lr_ratio``, BCE with ``pos_weight`` (None: #real/#generated of the train split,
-    computed when fit starts), and the paper's augmentations when ``augment`` is on.
+    Recipe: ``optimizer`` SGD (``lr``, ``momentum``, ``weight_decay``; ``adam`` for other papers), cosine
+    decay at every step over the run's steps down to ``lr * min_lr_ratio``, BCE with ``pos_weight`` (None:
+    #real/#generated of the train split, computed when fit starts), and the paper's augmentations when
+    ``augment`` is on. The validation loss (the same BCE) is logged as ``val/loss``, which the release's
+    early stopping watches.
     """
 
     task = "fake_detection"
@@ -68,6 +71,15 @@ class FakeDetector(ZooModule):
         self.log("train/pos_weight", pos_weight, on_step=False, on_epoch=True, batch_size=len(logits))
         return loss
 
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        out = super().validation_step(batch, batch_idx)
+        # release train.py: the validation loss is loss_fn, the training BCE with its pos_weight
+        pos_weight = torch.tensor(getattr(self, "train_pos_weight", 1.0))
+        loss = nn.functional.binary_cross_entropy_with_logits(out["score"].float(), out["true_label"].float(),
+                                                              pos_weight=pos_weight)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(out["score"]))
+        return out
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -80,9 +92,14 @@ class FakeDetector(ZooModule):
             optimizer = torch.optim.Adam(self.trainable_parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         else:
             raise ZooError(f"{type(self).__name__}: optimizer={hp.optimizer!r}; choose 'sgd' or 'adam'")
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 30
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=hp.lr * hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        # release train.py: timm's CosineLRScheduler over num_epochs * len(loader) steps, stepped every batch
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise ZooError(f"{type(self).__name__}: the cosine decay needs a finite run; set trainer.max_epochs "
+                           "or trainer.max_steps")
+        steps = max(int(steps), 1)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=hp.lr * hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class CNNDetector(FakeDetector):
@@ -98,14 +115,14 @@ class CNNDetector(FakeDetector):
 
     variants = {
         "tiny": {"backbone": "test_resnet", "pretrained": False, "image_size": 64},
-        "resnet50": {"backbone": "resnet50.tv_in1k"},
+        "resnet50": {"backbone": "resnet50.tv2_in1k"},
         "swin_t": {"backbone": "swin_tiny_patch4_window7_224.ms_in1k"},
         "xception": {"backbone": "legacy_xception.tf_in1k"},
     }
 
     def __init__(
         self,
-        backbone: str = "resnet50.tv_in1k",  # paper: ResNet-50 (also Swin-T and Xception), ImageNet weights
+        backbone: str = "resnet50.tv2_in1k",  # release: torchvision resnet50(weights=IMAGENET1K_V2)
         pretrained: bool = True,  # paper: fine-tuned from ImageNet weights
         image_size: int | None = None,
         optimizer: str = "sgd",  # paper: SGD
@@ -114,7 +131,7 @@ class CNNDetector(FakeDetector):
         weight_decay: float = 1e-7,  # paper: weight decay 1e-7
         min_lr_ratio: float = 1e-3,  # paper: cosine decay to lr x 1e-3
         pos_weight: float | None = None,  # paper: BCE pos_weight = #real / #generated
-        augment: bool = True,  # paper: JPEG, noise, flip, colour jitter, grayscale, shift-scale-rotate
+        augment: bool = True,  # release images_dataset.py: JPEG, noise, flip, colour, grayscale, shift-scale-rotate
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()

@@ -42,44 +42,95 @@ def normalization_of(transform: Any) -> tuple[Tensor, Tensor]:
     raise ZooError(f"cannot find the normalisation of the transform {transform!r} to augment its images")
 
 
-class Augment(nn.Module):
-    """The paper's training augmentations, drawn independently for every image of a batch.
+class PixelAugment(nn.Module):
+    """Base of the training augmentations: undo the encoder's normalisation, augment 8-bit images, redo it.
 
-    JPEG re-compression (quality 60-100), Gaussian noise, horizontal flip, colour jitter, grayscale and
-    shift-scale-rotate, each applied with probability ``p``. They act on the pre-processed batch:
-    the images are brought back to [0, 1] with the encoder's own mean and std, augmented, and
-    normalised again, so the model's pre-processing stays the encoder's.
+    The augmentations act on the pre-processed batch, so the model's pre-processing stays the encoder's.
+    A subclass implements ``augment_uint8`` (one (3, H, W) uint8 image on the CPU, for the codecs and
+    filters that work on 8-bit images) and ``augment_float`` (one (3, H, W) image in [0, 1]).
 
     Args:
         mean / std: the encoder's normalisation.
-        p: probability of each augmentation.
-        jpeg_quality: range of the JPEG quality.
-        noise_std: standard deviation of the Gaussian noise, in [0, 1] pixel units.
     """
 
-    def __init__(self, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, p: float = 0.5,
-                 jpeg_quality: tuple[int, int] = (60, 100), noise_std: float = 0.02) -> None:
+    def __init__(self, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> None:
         super().__init__()
-        from torchvision.transforms import v2
-
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.jpeg = v2.RandomApply([v2.JPEG(quality=list(jpeg_quality))], p=p)
-        self.pixels = v2.Compose([
-            v2.RandomApply([v2.GaussianNoise(sigma=noise_std, clip=True)], p=p),
-            v2.RandomHorizontalFlip(p=p),
-            v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05)], p=p),
-            v2.RandomGrayscale(p=p),
-            # albumentations' ShiftScaleRotate defaults: shift 6%, scale +-10%, rotation +-45 degrees
-            v2.RandomApply([v2.RandomAffine(degrees=45, translate=(0.0625, 0.0625), scale=(0.9, 1.1))], p=p),
-        ])
+
+    def augment_uint8(self, image: Tensor) -> Tensor:
+        return image
+
+    def augment_float(self, image: Tensor) -> Tensor:
+        return image
 
     def forward(self, images: Tensor) -> Tensor:
         pixels = (images.float() * self.std + self.mean).clamp(0, 1)
-        # JPEG is encoded by libjpeg on the CPU, one image at a time so every image draws its own quality
+        # one image at a time, so that every image draws its own parameters
         as_bytes = (pixels * 255).round().to(torch.uint8).cpu()
-        out = []
-        for image in as_bytes:
-            image = self.jpeg(image).to(images.device, torch.float32) / 255
-            out.append(self.pixels(image))
+        out = [self.augment_float(self.augment_uint8(image).to(images.device, torch.float32) / 255)
+               for image in as_bytes]
         return ((torch.stack(out) - self.mean) / self.std).to(images.dtype)
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand(()))
+
+
+def gauss_noise(image: Tensor, var_limit: tuple[float, float] = (10.0, 50.0)) -> Tensor:
+    """albumentations' ``GaussNoise``: a variance drawn in ``var_limit`` (8-bit units), noise per pixel and channel."""
+    sigma = _uniform(*var_limit) ** 0.5 / 255
+    return (image + sigma * torch.randn_like(image)).clamp(0, 1)
+
+
+def brightness_contrast(image: Tensor, limit: float = 0.2) -> Tensor:
+    """albumentations' ``RandomBrightnessContrast``: ``x * (1 + c) + b``, c and b drawn in ``[-limit, limit]``."""
+    return (image * (1 + _uniform(-limit, limit)) + _uniform(-limit, limit)).clamp(0, 1)
+
+
+def fancy_pca(image: Tensor, alpha: float = 0.1) -> Tensor:
+    """albumentations' ``FancyPCA`` (Krizhevsky et al. 2012): a shift along the colour principal components."""
+    pixels = image.reshape(3, -1).double()
+    eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(pixels))
+    shift = eigenvectors @ (torch.randn(3, dtype=torch.float64, device=image.device) * alpha * eigenvalues)
+    return (image + shift.to(image.dtype).view(3, 1, 1)).clamp(0, 1)
+
+
+class Augment(PixelAugment):
+    """The training augmentations of the released ``images_dataset.py`` (``create_train_transforms``).
+
+    Each image draws its own: JPEG re-compression (quality 60-100) with p 0.2, Gaussian noise (variance
+    10-50 in 8-bit units) with p 0.3, horizontal flip with p 0.5, one of brightness-contrast, FancyPCA and
+    hue-saturation-value with p 0.4, grayscale with p 0.2, and shift-scale-rotate (shift 0.1, scale 0.2,
+    rotation 5 degrees, bilinear, black border) with p 0.5.
+
+    Args:
+        mean / std: the encoder's normalisation.
+    """
+
+    def __init__(self, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> None:
+        super().__init__(mean, std)
+        from torchvision.transforms import v2
+
+        self.jpeg = v2.RandomApply([v2.JPEG(quality=[60, 100])], p=0.2)  # ImageCompression(60, 100, p=0.2)
+        self.pixels = v2.Compose([
+            v2.RandomApply([gauss_noise], p=0.3),  # GaussNoise(p=0.3), var_limit (10, 50)
+            v2.RandomHorizontalFlip(p=0.5),  # HorizontalFlip()
+            # OneOf([RandomBrightnessContrast(), FancyPCA(), HueSaturationValue()], p=0.4); the hue, saturation
+            # and value shifts (20, 30, 20 in OpenCV's 8-bit HSV) are torchvision's: hue 20/180 of the circle,
+            # saturation and value as factors 1 +- 30/255 and 1 +- 20/255 where albumentations adds
+            v2.RandomApply([v2.RandomChoice([
+                brightness_contrast, fancy_pca,
+                v2.ColorJitter(brightness=20 / 255, saturation=30 / 255, hue=20 / 180),
+            ])], p=0.4),
+            v2.RandomGrayscale(p=0.2),  # ToGray(p=0.2)
+            # ShiftScaleRotate(shift_limit=0.1, scale_limit=0.2, rotate_limit=5, border_mode=BORDER_CONSTANT, p=0.5)
+            v2.RandomApply([v2.RandomAffine(degrees=5, translate=(0.1, 0.1), scale=(0.8, 1.2),
+                                            interpolation=v2.InterpolationMode.BILINEAR, fill=0)], p=0.5),
+        ])
+
+    def augment_uint8(self, image: Tensor) -> Tensor:
+        return self.jpeg(image)
+
+    def augment_float(self, image: Tensor) -> Tensor:
+        return self.pixels(image)
