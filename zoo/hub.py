@@ -188,6 +188,8 @@ def _snapshot(repo_id: str, revision: str | None, *, label: str, cache_dir: str 
               entry: Pretrained | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
+    if force:
+        _evict(repo_id, FILES, revision=revision, repo_type="model", cache_dir=cache_dir)
     with _hub_errors(label, endpoint=endpoint, asked_offline=local_files_only, command=command):
         folder = Path(snapshot_download(
             repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(FILES),
@@ -231,6 +233,9 @@ def _released(entry: Pretrained, revision: str | None, *, cache_dir: str | None,
 
     cls = zoo_registry.methods.load(entry.method)
     init_args = check_init_args(cls, entry.init_args, f"known checkpoint {entry.name!r}")
+    if force:
+        _evict(entry.repo_id, entry.files, revision=revision or entry.revision, repo_type=entry.repo_type,
+               cache_dir=cache_dir)
     with _hub_errors(entry.name, endpoint=endpoint, asked_offline=local_files_only, command=command):
         raw = Path(hf_hub_download(
             entry.repo_id, entry.filename, repo_type=entry.repo_type, revision=revision or entry.revision,
@@ -251,13 +256,37 @@ def _released(entry: Pretrained, revision: str | None, *, cache_dir: str | None,
     return target
 
 
+def _evict(repo_id: str, files: tuple[str, ...], *, revision: str | None, repo_type: str,
+           cache_dir: str | None) -> None:
+    """Remove cached copies of ``files``, so that a forced download replaces them.
+
+    The Hub client downloads a new blob on ``force_download`` but keeps an existing snapshot link, which
+    would still point at the old (possibly bad) copy.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in files:
+        cached = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=revision, repo_type=repo_type)
+        if isinstance(cached, str):
+            _remove_cached(Path(cached))
+
+
+def _remove_cached(path: Path) -> None:
+    """Remove a cached file: the snapshot's link and the blob it points at."""
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    if blob != path.absolute():
+        blob.unlink(missing_ok=True)
+
+
 def verify(path: Path, expected: str, label: str) -> None:
-    """Refuse ``path`` unless its sha256 is ``expected``."""
+    """Refuse ``path`` unless its sha256 is ``expected``; a refused file is removed from the cache."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != expected.lower():
+        _remove_cached(path)
         raise ZooError(
             f"{path.name} of {label} has sha256 {digest.hexdigest()}, the registry pins {expected}: it is not the "
             f"published file and was not loaded; fetch it again with `zoo download {label} --force`"
