@@ -59,7 +59,7 @@ class CLIPMLP(FakeDetector):
         self,
         backbone: str = "open_clip:ViT-B-32@openai",  # paper: CLIP ViT-B/32 (and RN50)
         pretrained: bool = True,  # paper: OpenAI CLIP weights, frozen
-        head: str = "mlp",  # paper: MLP 512-512-1 (also linear and 512-512-256-256-1)
+        head: str = "mlp",  # release test.py: d-512-512-1 (also linear and d-512-512-256-256-1), no activation
         use_text: bool = False,  # paper: image features alone, or with the caption's text features
         normalize: bool = True,  # release train.py: image and text features each divided by their norm
         feature_cache: str | None = None,
