@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -233,6 +235,9 @@ def test_interrupted_benchmark_resumes_without_rerunning_finished_jobs(plugins, 
     assert all(r["params"] > 0 and r["epochs"] == 1 and r["steps"] > 0 for r in rows)
     readme = (out / "README.md").read_text()
     assert "ImageStatsDetector-tiny" in readme and " ± " in readme  # two seeds: mean ± std
+    # the wall time counts the job of the killed run too
+    total = sum(r["wall_s"] for r in rows) / 60
+    assert f"The jobs took {total:.1f} min of wall time in all" in readme
 
     # a third run re-runs nothing and publishes both exported checkpoints with their measured metrics
     import huggingface_hub
@@ -296,7 +301,20 @@ def test_failed_jobs_are_recorded_and_the_report_is_complete(plugins, tmp_path):
     readme = (out / "README.md").read_text()
     assert "## fake_detection" in readme and "## copy_detection" in readme and "## Failed jobs" in readme
     assert readme.startswith("# Benchmark report: mixed")
-    assert "**" in readme and "| params | epochs | steps | train size |" in readme
+    assert "**" in readme and "| params | epochs | steps | labels used |" in readme
+    # like for like: the copy-detection method again after the same isotonic map fitted on train
+    assert "PixelDistance-tiny · iso(train)" in readme and "## Glossary" in readme and "| `pcc` |" in readme
+    with (out / "summary.csv").open() as f:
+        summary = list(csv.DictReader(f))
+    assert list(summary[0]) == ["task", "method", "setting", "metric", "mean", "std", "ci_low", "ci_high", "seeds",
+                                "n_test"]
+    chance = [r for r in summary if r["method"] == "chance"]
+    assert {r["task"] for r in chance} == {"fake_detection", "copy_detection"}
+    assert len({r["setting"] for r in chance if r["task"] == "fake_detection"}) == 4  # one per setting
+    auroc = next(r for r in summary if r["method"] == "EdgeEnergy-tiny" and r["metric"] == "auroc")
+    assert float(auroc["ci_low"]) < float(auroc["mean"]) < float(auroc["ci_high"]) and int(auroc["n_test"]) > 10
+    iso = [r for r in summary if r["method"] == "PixelDistance-tiny · iso(train)"]
+    assert {r["metric"] for r in iso} == {"pcc", "rd", "muap", "auroc"}
 
     plots = sorted((out / "plots").glob("*.png"))
     names = " ".join(p.name for p in plots)
@@ -341,3 +359,173 @@ def test_perf_run_all_writes_one_table(tmp_path):
     assert run_all.target_met({**result, "targets": {"batch": 64, "note": "text"}}) is None
     table = (out / "perf.md").read_text()
     assert "| fast thing | cpu |" in table and "**no**" in table and "failed: exit code 3" in table
+
+
+# ------------------------------------------------------------------------------------------ packaging
+def test_every_package_ships_and_the_suites_and_configs_ship_inside_zoo():
+    """pyproject.toml lists its packages: a new one left out would be missing from the wheel."""
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed, dirs = set(tool["packages"]), tool["package-dir"]
+    for init in [*ROOT.glob("zoo/**/*.py"), *ROOT.glob("zoo/**/*.json"), *ROOT.glob("plugins/*/**/*.py")]:
+        folder = init.parent.relative_to(ROOT)
+        name = ".".join(folder.parts[1:]) if folder.parts[0] == "plugins" else ".".join(folder.parts)
+        assert name in listed, f"{folder} is not in [tool.setuptools] packages of pyproject.toml"
+        assert folder.parts[0] != "plugins" or dirs[name.split(".")[0]] == "plugins/" + folder.parts[1]
+    assert dirs["zoo.suites"] == "benchmarks" and dirs["zoo.configs"] == "configs"
+
+
+def test_a_wheel_holds_the_suites_and_every_config_they_name(tmp_path):
+    import zipfile
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "zoo", "plugins", "benchmarks", "configs"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info", "build")}
+                                            if (ROOT / name).is_dir() else {}))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "wheel"), str(source)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    suites = sorted(ROOT.glob("benchmarks/*.yaml"))
+    assert {f"zoo/suites/{p.name}" for p in suites} <= names
+    assert {"zoo/configs/" + p.relative_to(ROOT / "configs").as_posix() for p in ROOT.glob("configs/**/*.yaml")} <= names
+    for suite in suites:  # a config named by a shipped suite sits where the installed suite resolves it
+        for config in re.findall(r"config: (configs/\S+\.yaml)", suite.read_text()):
+            assert "zoo/" + config in names
+
+
+def test_shipped_suites_resolve_by_name_from_any_folder(plugins, tmp_path, monkeypatch, capsys):
+    from zoo.bench.suite import find_suite, shipped
+
+    monkeypatch.chdir(tmp_path)  # no benchmarks/ or configs/ here
+    assert find_suite("mini") == shipped("suites") / "mini.yaml"
+    assert find_suite("benchmarks/fake_detection_cross.yaml").name == "fake_detection_cross.yaml"
+    with pytest.raises(ZooError, match="shipped suites: .*mini"):
+        find_suite("minii")
+    # a suite of the user's own, elsewhere, may name the shipped configs
+    suite = _write_suite(tmp_path / "mine.yaml", {"tasks": {"fake_detection": {
+        "methods": [{"config": "configs/cnn_detector/mini.yaml"}]}}})
+    (job,) = load_suite(suite).jobs
+    assert job.method == "CNNDetector"
+    # --list prints the jobs and runs nothing
+    assert cmd_benchmark(["--list", "--config", "mini", "--output", str(tmp_path / "never")]) == 0
+    printed = capsys.readouterr().out
+    assert "mini:" in printed and "ImageStatsDetector-tiny" in printed and "fit + test" in printed
+    assert not (tmp_path / "never").exists() and not (tmp_path / "reports").exists()
+
+
+# ------------------------------------------------------------------------------------------ one output folder
+def test_a_second_run_into_one_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
+    from zoo.bench.runner import LOCK_NAME, output_lock
+
+    out = tmp_path / "report"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out.mkdir()
+        (out / LOCK_NAME).write_text(json.dumps({"pid": holder.pid, "host": __import__("socket").gethostname()}))
+        with pytest.raises(ZooError, match=f"in use by another zoo benchmark \\(pid {holder.pid} on"):
+            cmd_benchmark(["--config", "mini", "--output", str(out), "--tasks", "fake_detection"])
+        assert (out / LOCK_NAME).is_file() and not (out / "jobs").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder has ended: its lock is stale, and the next run takes it over
+    with output_lock(out):
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
+        with pytest.raises(ZooError, match=f"pid {os.getpid()}"), output_lock(out):
+            pass
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_an_unwritable_report_folder_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ZooError, match=f"cannot write the report folder {blocker / 'report'}"):
+        cmd_benchmark(["--config", "mini", "--output", str(blocker / "report"), "--tasks", "copyright"])
+    if os.geteuid() != 0:  # root writes through permission bits
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+        with pytest.raises(ZooError, match="cannot write the report folder .*: Permission denied"):
+            cmd_benchmark(["--config", "mini", "--output", str(folder), "--tasks", "copyright"])
+
+
+def test_file_names_that_are_not_utf8_do_not_fail_a_job(plugins, tmp_path):
+    root = tmp_path / "data"
+    for split in ("train", "val", "test"):
+        for i, source in enumerate(("gen", "real")):
+            folder = root / split / source
+            folder.mkdir(parents=True)
+            for j in range(3):
+                Image.new("RGB", (16, 16), (40 * j + 100 * i, 80, 20)).save(folder / f"{j}.png")
+    bad = os.fsencode(root / "test" / "gen") + b"/caf\xe9.png"
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(os.fsdecode(bad))
+    suite = _write_suite(tmp_path / "latin1.yaml", {"tasks": {"fake_detection": {
+        "data": {"class_path": "FakeImageFolders", "init_args": {"root": str(root), "generators": ["gen"],
+                                                                 "batch_size": 4, "image_size": 16}},
+        "methods": ["EdgeEnergy"]}}})
+    out = tmp_path / "report"
+    assert cmd_benchmark(["--config", str(suite), "--output", str(out)]) == 0
+    (result,) = json.loads((out / "results.json").read_text())
+    predictions = (out / "jobs" / result["id"] / "predictions.csv").read_text(encoding="utf-8")
+    # the undecodable byte is written escaped, so the file stays UTF-8
+    assert "caf\\udce9.png" in predictions and len(predictions.splitlines()) == 8
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def test_report_metrics_match_the_tasks_and_intervals_cover_them():
+    import numpy as np
+    import torch
+
+    from zoo.bench import stats
+    from zoo.tasks import get_task
+
+    rng = np.random.default_rng(3)
+    n = 80
+    score = np.round(rng.normal(size=n), 1)  # ties on purpose
+    label = (rng.random(n) < 0.4).astype(int)
+    decision = (score > 0.2).astype(int)
+    task = get_task("fake_detection")
+    metrics = task.make_metrics()
+    task.update(metrics, {"score": torch.tensor(score, dtype=torch.float32), "decision": torch.tensor(decision)},
+                {"label": torch.tensor(label)})
+    expected = {k: float(v) for k, v in metrics.compute().items()}
+    scorer = stats.binary_scorer(score, decision, label)
+    got = stats.point(scorer, n)
+    assert got == pytest.approx({k: expected[k] for k in got}, abs=1e-6)
+    true = rng.integers(0, 6, n)
+    level = np.clip(true + rng.normal(size=n) * 2, 0, 5).round()
+    task = get_task("copy_detection")
+    metrics = task.make_metrics()
+    task.update(metrics, {"level": torch.tensor(level, dtype=torch.float32)}, {"level": torch.tensor(true)})
+    expected = {k: float(v) for k, v in metrics.compute().items()}
+    assert stats.point(stats.level_scorer(level, true), n) == pytest.approx(expected, abs=1e-5)
+    # the interval holds the estimate, and narrows with four times the test samples
+    ci = stats.bootstrap_ci([scorer] * 3, [n] * 3, shared=True)
+    assert ci["auroc"][0] < got["auroc"] < ci["auroc"][1]
+    big = stats.binary_scorer(np.tile(score, 4), np.tile(decision, 4), np.tile(label, 4))
+    wide = stats.bootstrap_ci([big] * 3, [4 * n] * 3, shared=True)["auroc"]
+    assert wide[1] - wide[0] < 0.7 * (ci["auroc"][1] - ci["auroc"][0])
+    # the isotonic map fitted on train is monotone, in [0, 5], and reproduces a monotone relation
+    mapped = stats.isotonic_levels([0.1, 0.2, 0.3, 0.9], [0, 1, 4, 5], [0.0, 0.25, 0.95])
+    assert list(mapped) == pytest.approx([0.0, 2.5, 5.0])
+
+
+def test_bold_marks_one_best_value_above_chance_only():
+    from zoo.bench.report import CHANCE, _best
+
+    def row(label, kind="method", negatives=500, **metrics):
+        return {"setting": "s", "label": label, "kind": kind, "negatives": negatives,
+                "metrics": {k: (v, None, None, None) for k, v in metrics.items()}}
+
+    rows = [row("a", acc=0.667, auroc=0.81, rd=0.2, tpr_at_1fpr=0.3), row("b", acc=0.6, auroc=0.81, rd=0.1,
+                                                                           tpr_at_1fpr=0.2),
+            row(CHANCE, kind=CHANCE, acc=0.667, auroc=0.5, tpr_at_1fpr=0.01)]
+    best = _best(rows, ["acc", "auroc", "rd", "tpr_at_1fpr"])
+    # acc equal to the majority rate and a tie on auroc are not bold; the lower rd and the higher TPR are
+    assert best == {("s", "b", "rd"), ("s", "a", "tpr_at_1fpr")}
+    for r in rows:
+        r["negatives"] = 40  # too few negatives for a TPR at 1% FPR
+    assert ("s", "a", "tpr_at_1fpr") not in _best(rows, ["tpr_at_1fpr"])

@@ -145,7 +145,10 @@ def bootstrap_ci(scorers: list[Scorer], sizes: list[int], shared: bool, replicat
     out: dict[str, tuple[float, float]] = {}
     for metric in per_seed[0]:
         table = np.stack([s[metric] for s in per_seed])  # (seeds, replicates)
-        means = np.nanmean(np.take_along_axis(table, picks.T, 0), axis=0) if np.isfinite(table).any() else table[0]
+        drawn = np.take_along_axis(table, picks.T, 0)
+        finite = np.isfinite(drawn)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a replicate with no finite value is left out
+            means = np.where(finite, drawn, 0).sum(0) / finite.sum(0)
         finite = means[np.isfinite(means)]
         if len(finite) >= replicates // 2:
             low, high = np.percentile(finite, [2.5, 97.5])
