@@ -510,6 +510,9 @@ def test_list_pretrained_shows_source_and_verification(plugins, monkeypatch, tmp
     known.write_text(json.dumps({"stats.pinned": {
         "method": "ImageStatsDetector", "repo_id": "org/pinned", "revision": "a" * 40,
         "sha256": {name: "0" * 64 for name in hub.FILES}, "source": "https://example.org/stats",
+    }, "stats.github": {
+        "method": "ReleasedStats", "repo_id": "authors/stats", "repo_type": "github", "revision": "b" * 40,
+        "filename": "weights/head.pth", "sha256": {"weights/head.pth": "1" * 64},
     }}))
     monkeypatch.setenv(hub.REGISTRY_ENV, str(known))
     capsys.readouterr()
@@ -526,3 +529,8 @@ def test_list_pretrained_shows_source_and_verification(plugins, monkeypatch, tmp
         assert "UNVERIFIED: no sha256 pinned for vit_" in rows[name], out
         assert "revision 'main' is a branch" in out
     assert "https://github.com/WangWenhao0716/PDF-Embedding" in out and "https://example.org/stats" in out
+    assert "github.com/authors/stats@" in rows["stats.github"] and f"sha256 {'1' * 64}" in out
+    capsys.readouterr()
+    assert main(["download", "stats.github"]) == 2  # not on the Hub: says where it is and how to convert it
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "zoo convert --released ReleasedStats" in err, err

@@ -58,6 +58,7 @@ ZOO_BIBTEX = """@software{provenance_zoo,
   year = {2026}
 }"""
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+REPO_TYPES = ("model", "dataset", "space", "github")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Pretrained:
     method: str
     repo_id: str
     revision: str = "main"
+    # a Hub repo type, or "github" for a file the authors release only in their GitHub repository
     repo_type: str = "model"
     # a file released by the paper's authors, converted by the method's importer (None: a zoo checkpoint)
     filename: str | None = None
@@ -89,6 +91,9 @@ class Pretrained:
     def verification(self) -> str:
         """The verification state, in words."""
         branch = "" if _COMMIT.fullmatch(self.revision) else f"revision {self.revision!r} is a branch, not a commit"
+        if self.verified and self.repo_type == "github":  # downloaded by hand: the digest is for the user to check
+            return ("sha256 pinned" + (f" ({branch})" if branch else f" at commit {self.revision[:12]}")
+                    + f"; check the file you download: sha256 {self.sha256[self.filename]}")
         if self.verified:
             return "verified: sha256 pinned" + (f" ({branch})" if branch else f" at commit {self.revision[:12]}")
         unpinned = ", ".join(name for name in self.files if name not in self.sha256)
@@ -112,6 +117,9 @@ def known_checkpoints(path: str | Path | None = None) -> dict[str, Pretrained]:
                 found[name] = Pretrained(name=name, **{k: v for k, v in entry.items() if k != "note"})
             except TypeError as err:
                 raise ZooError(f"{file}: entry {name!r} is malformed: {err}") from err
+            if found[name].repo_type not in REPO_TYPES:
+                raise ZooError(f"{file}: entry {name!r} has repo_type {found[name].repo_type!r}; it must be one "
+                               f"of {', '.join(REPO_TYPES)}")
     return found
 
 
@@ -172,6 +180,12 @@ def _fetch(source: str | Path, *, revision: str | None, cache_dir: str | None, l
     known = known_checkpoints()
     if text in known:
         entry = known[text]
+        if entry.repo_type == "github":
+            raise ZooError(
+                f"{text} is released on GitHub, not on the Hugging Face Hub: download {entry.filename} from "
+                f"{entry.source or 'github.com/' + entry.repo_id} and convert it with `zoo convert --released "
+                f"{entry.method} <file> <folder>`"
+            )
         if entry.filename is not None:
             return _released(entry, revision, **hub)
         return _snapshot(entry.repo_id, revision or entry.revision, label=text, entry=entry, **hub)
@@ -710,21 +724,24 @@ def cmd_download(argv: list[str]) -> int:
 
 def print_pretrained(console: Any) -> int:
     """Print the known pretrained checkpoints, with their source and verification state."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="pretrained checkpoints")
     table.add_column("name", no_wrap=True)
     for column in ("method", "source", "verification", "description"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for name, entry in known_checkpoints().items():
-        where = f"{entry.repo_type}s/" if entry.repo_type != "model" else ""
+        where = {"model": "", "github": "github.com/"}.get(entry.repo_type, f"{entry.repo_type}s/")
         source = f"{where}{entry.repo_id}@{entry.revision}"
-        if entry.filename:
+        if entry.repo_type == "github":
+            source += f"/{entry.filename}\n(released by the authors on GitHub; `zoo convert --released {entry.method}`)"
+        elif entry.filename:
             source += f"/{entry.filename}\n(released by the authors; converted on download)"
         if entry.source:
             source += f"\n{entry.source}"
-        state = entry.verification()
-        table.add_row(name, entry.method, source, state if entry.verified else f"[yellow]{state}",
-                      entry.description)
+        state = escape(entry.verification())
+        table.add_row(escape(name), entry.method, escape(source), state if entry.verified else f"[yellow]{state}",
+                      escape(entry.description))
     console.print(table)
     return 0
