@@ -127,7 +127,7 @@ class CNNDetector(FakeDetector):
         image_size: int | None = None,
         optimizer: str = "sgd",  # paper: SGD
         lr: float = 0.1,  # paper: SGD, learning rate 0.1
-        momentum: float = 0.0,  # paper: SGD; no momentum is given
+        momentum: float = 0.0,  # release train.py: SGD without momentum
         weight_decay: float = 1e-7,  # paper: weight decay 1e-7
         min_lr_ratio: float = 1e-3,  # paper: cosine decay to lr x 1e-3
         pos_weight: float | None = None,  # paper: BCE pos_weight = #real / #generated
