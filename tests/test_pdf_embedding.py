@@ -68,6 +68,8 @@ def test_bad_arguments() -> None:
         PDFEmbedding.from_variant("tiny", sigma=-1.0)
     with pytest.raises(ZooError, match="level_from"):
         PDFEmbedding.from_variant("tiny", level_from="median")
+    with pytest.raises(ZooError, match="exact_copy_eps"):
+        PDFEmbedding.from_variant("tiny", exact_copy_eps=1.5)
 
 
 # ----------------------------------------------------------------- the pairwise head and the retrieval API
@@ -86,6 +88,52 @@ def test_image_transform_sizes_and_modes() -> None:
         out = transform(image)
         assert out.shape == (3, 32, 32) and out.dtype == torch.float32
         torch.testing.assert_close(out.mean(dim=(1, 2)), white, atol=1e-4, rtol=0)
+
+
+def test_image_transform_is_the_released_pil_bicubic_resize() -> None:
+    import numpy as np
+
+    transform = PDFEmbedding.from_variant("tiny").image_transform()
+    gen = np.random.default_rng(0)
+    image = Image.fromarray(gen.integers(0, 256, (45, 70, 3), dtype=np.uint8))
+    # the released preprocessor: image.resize((224, 224)) (PIL's default, bicubic), ToTensor, Normalize
+    resized = torch.from_numpy(np.array(image.resize((32, 32)))).permute(2, 0, 1).float() / 255
+    expected = (resized - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(transform(image), expected, atol=1e-6, rtol=0)
+
+
+def test_drop_path_is_the_released_rate() -> None:
+    model = PDFEmbedding.from_variant("tiny")
+    rates = [float(getattr(block.drop_path1, "drop_prob", 0.0)) for block in model.net.vit.blocks]
+    assert rates[-1] == pytest.approx(0.1) and rates[0] == 0.0  # timm's linear rule, as released
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed(x), model.embed(x))  # no stochastic depth at evaluation
+
+
+@pytest.mark.parametrize("target", ["gaussian", "regression"])
+@pytest.mark.parametrize("level_from", ["argmax", "expected"])
+def test_an_exact_copy_is_level_5_and_flagged(target: str, level_from: str) -> None:
+    torch.manual_seed(0)
+    model = PDFEmbedding.from_variant("tiny", target=target, level_from=level_from).eval()
+    images = torch.randn(12, 3, 32, 32)
+    with torch.no_grad():
+        same = model.predict_batch({"generated": images, "real": images.clone()})
+        other = model.predict_batch({"generated": images, "real": images.roll(1, dims=0)})
+        # from stored descriptors too, float16 ones included: identical images stay identical
+        emb = model.embed(images).half()
+        stored = model.pair_from_embeddings(emb, emb.clone())
+    for out in (same, stored):
+        assert out["exact_copy"].dtype == torch.int64 and out["exact_copy"].tolist() == [1] * 12
+        assert out["level"].tolist() == [5.0] * 12
+    assert other["exact_copy"].tolist() == [0] * 12
+    if target == "gaussian":  # the released PDF of a copy is flat: its argmax alone would be noise
+        assert float((same["pdf"] - 1 / 6).abs().max()) < 1e-3
+    # a near copy below the threshold is left to the method
+    sims = torch.full((1, 6), 0.99)
+    assert model._predict(sims)["exact_copy"].item() == 0
+    assert model._predict(torch.full((1, 6), 1 - 5e-4))["exact_copy"].item() == 1
 
 
 def test_predictions_match_an_independent_computation() -> None:
@@ -133,7 +181,7 @@ def test_regression_variant_predicts_a_scalar() -> None:
     model = PDFEmbedding.from_variant("tiny", target="regression").eval()
     with torch.no_grad():
         out = model.predict_batch({"generated": torch.randn(3, 3, 32, 32), "real": torch.randn(3, 3, 32, 32)})
-    assert set(out) == {"level"} and out["level"].shape == (3,)
+    assert set(out) == {"level", "exact_copy"} and out["level"].shape == (3,)
     assert ((out["level"] >= 0) & (out["level"] <= 5)).all()
 
 
@@ -346,8 +394,9 @@ def test_init_from_a_single_token_pretrained_vit(monkeypatch: pytest.MonkeyPatch
     torch.testing.assert_close(vit["cls_token"], src["cls_token"])
     torch.testing.assert_close(vit["pos_embed"][:, 6:], src["pos_embed"][:, 1:])
     torch.testing.assert_close(vit["pos_embed"][:, 1:6], src["pos_embed"][:, :1].expand(-1, 5, -1))
-    offset = vit["reg_token"] - src["cls_token"]
-    assert 0 < offset.abs().max() < 0.2  # near the class token, yet five distinct tokens
+    # as released: the five extra tokens are new, truncated-normal(0.02) parameters, not copies of the class token
+    assert 0.01 < float(vit["reg_token"].std()) < 0.03 and float(vit["reg_token"].abs().max()) < 0.1
+    assert len({tuple(t.tolist()) for t in vit["reg_token"][0]}) == 5
     with backbones.no_pretrained_download():
         PDFEmbedding(encoder="deit_tiny_stand_in", pretrained=True, **TINY_VIT)
     assert len(calls) == 1

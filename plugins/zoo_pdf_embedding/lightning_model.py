@@ -49,6 +49,9 @@ class PDFEmbedding(ZooModule):
         learn_temperature: learn the temperature with the encoder.
         level_from: which point prediction fills ``level``: ``argmax`` (5 - argmax over the tokens, the
             paper's) or ``expected`` (the mean level under the predicted PDF).
+        drop_path_rate: stochastic depth of the ViT during training.
+        exact_copy_eps: a pair whose six token cosines are all >= 1 - eps is an exact copy: level 5,
+            flagged ``exact_copy`` (the released method's PDF is flat there and its argmax is noise).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
     """
@@ -83,6 +86,8 @@ class PDFEmbedding(ZooModule):
         temperature: float = 0.05,  # zoo choice: the released code withholds training
         learn_temperature: bool = True,  # zoo choice, as CLIP's logit scale
         level_from: str = "argmax",  # paper: predicted level = 5 - argmax
+        drop_path_rate: float = 0.1,  # released code: create_model(..., drop_path_rate=0.1)
+        exact_copy_eps: float = 1e-3,  # zoo rule: six cosines within 1e-3 of 1 -> level 5
         lr: float = 5e-5,  # zoo choice for fine-tuning DeiT-B (training is not released)
         weight_decay: float = 0.05,  # DeiT's AdamW weight decay
     ) -> None:
@@ -94,24 +99,30 @@ class PDFEmbedding(ZooModule):
         for name, value in (("sigma", sigma), ("k", k), ("beta", beta)):
             if value <= 0:
                 raise ZooError(f"PDFEmbedding argument {name} must be > 0, got {value}")
-        self.target, self.level_from = target, level_from
+        if not 0 <= exact_copy_eps < 1:
+            raise ZooError(f"PDFEmbedding exact_copy_eps={exact_copy_eps} must lie in [0, 1)")
+        self.target, self.level_from, self.exact_copy_eps = target, level_from, exact_copy_eps
         self.width = {"gaussian": sigma, "linear": 1.0 / k, "exponential": beta}.get(target, 0.0)
         self.img_size = img_size
         self.lr, self.weight_decay = lr, weight_decay
         self.net = PDFEmbeddingNet(
             img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-            temperature=temperature, learn_temperature=learn_temperature, regression=target == "regression",
+            drop_path_rate=drop_path_rate, temperature=temperature, learn_temperature=learn_temperature,
+            regression=target == "regression",
         )
         if backbones.want_pretrained(pretrained):
             init_from_pretrained_vit(self.net.vit, encoder)
 
     # ----------------------------------------------------------------- pre-processing and retrieval API
     def image_transform(self) -> Callable[[Any], Tensor]:
-        """Plain resize to img_size x img_size (any size or mode), ImageNet mean/std, as the released code."""
+        """As the released ``preprocessor``: RGB, PIL's bicubic ``resize((224, 224))``, ImageNet mean/std."""
         from torchvision.transforms import v2
 
+        # on a PIL image torchvision calls PIL's own resize: the released pixels exactly
+        bicubic = v2.InterpolationMode.BICUBIC
         return v2.Compose([
-            v2.Lambda(_rgb), v2.Resize((self.img_size, self.img_size), antialias=True), v2.PILToTensor(),
+            v2.Lambda(_rgb), v2.Resize((self.img_size, self.img_size), interpolation=bicubic, antialias=True),
+            v2.PILToTensor(),
             v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ])
 
@@ -120,18 +131,28 @@ class PDFEmbedding(ZooModule):
         return self.net.embed(images)
 
     def pair_from_embeddings(self, generated_emb: Tensor, real_emb: Tensor) -> dict[str, Tensor]:
-        """Predictions of the task schema from stored ``embed`` descriptors, without the encoder."""
-        return self._predict(self.net.similarities(generated_emb, real_emb))
+        """Predictions of the task schema from stored ``embed`` descriptors, without the encoder.
+
+        Descriptors are compared in float32. Store them in float32 too: float16 storage moves near-flat
+        PDFs enough to change their argmax level.
+        """
+        return self._predict(self.net.similarities(generated_emb.float(), real_emb.float()))
 
     def _predict(self, sims: Tensor) -> dict[str, Tensor]:
+        # identical images: six cosines of 1, a flat PDF whose argmax is rounding noise; the zoo says level 5
+        exact = (sims.float() >= 1 - self.exact_copy_eps).all(dim=1)
+        out: dict[str, Tensor] = {}
         if self.target == "regression":
-            return {"level": self.net.regress(sims).float() * MAX_LEVEL}
-        pdf = self.net.level_logits(sims).float().softmax(dim=1)
-        if self.level_from == "argmax":
-            level = pdf.argmax(dim=1).float()
+            level = self.net.regress(sims).float() * MAX_LEVEL
         else:
-            level = pdf @ torch.arange(NUM_LEVELS, device=pdf.device, dtype=pdf.dtype)
-        return {"level": level, "pdf": pdf}
+            out["pdf"] = pdf = self.net.level_logits(sims).float().softmax(dim=1)
+            if self.level_from == "argmax":
+                level = pdf.argmax(dim=1).float()
+            else:
+                level = pdf @ torch.arange(NUM_LEVELS, device=pdf.device, dtype=pdf.dtype)
+        out["level"] = torch.where(exact, torch.full_like(level, MAX_LEVEL), level)
+        out["exact_copy"] = exact.long()
+        return out
 
     def predict_batch(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         return self._predict(self.net(batch["generated"], batch["real"]))

@@ -59,6 +59,7 @@ class PDFEmbeddingNet(nn.Module):
     Args:
         img_size, patch_size, embed_dim, depth, num_heads: the ViT (DeiT-B/16 at 224 by default).
         num_classes: the classifier head, unused by the method but present in the released checkpoints.
+        drop_path_rate: stochastic depth of the last block (timm's linear rule over the blocks).
         temperature: the initial softmax temperature of the scaled cosine similarities.
         learn_temperature: learn the temperature (as a log-scale) or keep it fixed.
         regression: predict a scalar level from the six similarities instead of a PDF.
@@ -72,6 +73,7 @@ class PDFEmbeddingNet(nn.Module):
         depth: int = 12,
         num_heads: int = 12,
         num_classes: int = 1000,
+        drop_path_rate: float = 0.1,
         temperature: float = 0.05,
         learn_temperature: bool = True,
         regression: bool = False,
@@ -86,7 +88,7 @@ class PDFEmbeddingNet(nn.Module):
         # (reg_tokens=5, no_embed_class=False) are exactly that
         self.vit = VisionTransformer(
             img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-            num_classes=num_classes, reg_tokens=NUM_LEVELS - 1,
+            num_classes=num_classes, reg_tokens=NUM_LEVELS - 1, drop_path_rate=drop_path_rate,
         )
         scale = torch.tensor(math.log(1.0 / temperature))
         if learn_temperature:
@@ -162,10 +164,11 @@ def map_released_state(state: Mapping[str, Tensor], vit: nn.Module, source: str)
 def init_from_pretrained_vit(vit: nn.Module, name: str) -> None:
     """Initialise ``vit`` from a pretrained single-class-token timm ViT (e.g. ``deit_base_patch16_224.fb_in1k``).
 
-    The five extra tokens and their positions do not exist in the source: each starts as the class token
-    (and its position) plus a little noise, so the six tokens start from a meaningful summary but differ.
+    As the released ``deit_base_query_patch16_224``: the five extra tokens do not exist in the source and
+    start from a truncated normal of std 0.02; their positions start as the class token's position.
     """
     import timm
+    from timm.layers import trunc_normal_
 
     try:
         source = timm.create_model(name, pretrained=True, num_classes=vit.num_classes).state_dict()
@@ -177,8 +180,7 @@ def init_from_pretrained_vit(vit: nn.Module, name: str) -> None:
         cls_pos, patch_pos = source["pos_embed"][:, :1], source["pos_embed"][:, 1:]
         state = dict(source)
         state["pos_embed"] = torch.cat([cls_pos, cls_pos.expand(-1, extra, -1), patch_pos], dim=1)
-        noise = torch.randn(1, extra, source["cls_token"].shape[-1]) * 0.02  # timm's token init scale
-        state["reg_token"] = source["cls_token"].expand(-1, extra, -1) + noise
+        state["reg_token"] = trunc_normal_(torch.empty(1, extra, source["cls_token"].shape[-1]), std=0.02)
     missing = [k for k in own if k not in state or state[k].shape != own[k].shape]
     if missing:
         raise ZooError(f"pretrained {name!r} does not fit the PDF-Embedding ViT: first mismatching key {missing[0]!r}")
