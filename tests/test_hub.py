@@ -355,8 +355,12 @@ def test_from_pretrained_takes_a_bare_repo_id(trained, server, online, monkeypat
     cache = str(tmp_path / "cache")
     loaded = ZooModule.from_pretrained("org/bare", cache_dir=cache, endpoint=server.url)
     assert torch.equal(predictions(loaded, batch), predictions(model, batch))
+    with pytest.raises(ZooError, match=r"^runs/typo \(no such local folder, so a Hub repo id\): no such repo"):
+        ZooModule.from_pretrained("runs/typo", cache_dir=cache, endpoint=server.url)
     go_offline(monkeypatch)  # and from the cache, by the same name
     assert type(ZooModule.from_pretrained("org/bare", cache_dir=cache)).__name__ == "ImageStatsDetector"
+    with pytest.raises(ZooError, match=r"^runs/typo \(no such local folder, so a Hub repo id\) is not in the"):
+        ZooModule.from_pretrained("runs/typo", cache_dir=cache)
     # an existing folder of that form is still a folder
     monkeypatch.chdir(folder.parent.parent)
     assert ZooModule.from_pretrained(f"{folder.parent.name}/{folder.name}") is not None

@@ -190,7 +190,7 @@ def _fetch(source: str | Path, *, revision: str | None, cache_dir: str | None, l
             return _released(entry, revision, **hub)
         return _snapshot(entry.repo_id, revision or entry.revision, label=text, entry=entry, **hub)
     if not path.exists() and looks_like_repo_id(text):
-        return _snapshot(text, revision, label=text, **hub)
+        return _snapshot(text, revision, label=text, bare=True, **hub)
     raise ZooError(
         f"checkpoint {text!r} is not a folder, an 'org/name' or 'hf-hub:org/name' repo id, nor a known short "
         f"name (`zoo list --pretrained` shows them)"
@@ -199,12 +199,12 @@ def _fetch(source: str | Path, *, revision: str | None, cache_dir: str | None, l
 
 def _snapshot(repo_id: str, revision: str | None, *, label: str, cache_dir: str | None, local_files_only: bool,
               token: str | None, endpoint: str | None, force: bool, command: bool,
-              entry: Pretrained | None = None) -> Path:
+              entry: Pretrained | None = None, bare: bool = False) -> Path:
     from huggingface_hub import snapshot_download
 
     if force:
         _evict(repo_id, FILES, revision=revision, repo_type="model", cache_dir=cache_dir)
-    with _hub_errors(label, endpoint=endpoint, asked_offline=local_files_only, command=command):
+    with _hub_errors(label, endpoint=endpoint, asked_offline=local_files_only, command=command, bare=bare):
         folder = Path(snapshot_download(
             repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(FILES),
             local_files_only=local_files_only, token=token, endpoint=endpoint, force_download=force,
@@ -329,11 +329,13 @@ class _hub_errors:  # noqa: N801 - used as a context manager, reads like one
         endpoint: the Hub asked (default ``HF_ENDPOINT``).
         asked_offline: the caller asked for the cache only (``local_files_only``).
         command: the network was the point (``zoo download``, ``zoo publish``): never suggest running it again.
+        bare: ``label`` is an ``org/name`` that is no local folder, taken as a Hub repo id (said, for typos).
     """
 
     def __init__(self, label: str, *, endpoint: str | None = None, asked_offline: bool = False,
-                 command: bool = True) -> None:
+                 command: bool = True, bare: bool = False) -> None:
         self.label, self.endpoint, self.asked_offline, self.command = label, endpoint, asked_offline, command
+        self.what = f"{label} (no such local folder, so a Hub repo id)" if bare else label
 
     def __enter__(self) -> None:
         return None
@@ -355,23 +357,23 @@ class _hub_errors:  # noqa: N801 - used as a context manager, reads like one
         offline = self.asked_offline or constants.HF_HUB_OFFLINE
         if self.command and (isinstance(err, OfflineModeIsEnabled) or
                              isinstance(err, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE):
-            message = f"{self.label}: HF_HUB_OFFLINE=1 is set, so the Hub was not asked; unset it to reach the Hub"
+            message = f"{self.what}: HF_HUB_OFFLINE=1 is set, so the Hub was not asked; unset it to reach the Hub"
         elif isinstance(err, LocalEntryNotFoundError) and offline:
-            message = (f"{self.label} is not in the Hugging Face cache and the Hub was not asked (offline mode, "
+            message = (f"{self.what} is not in the Hugging Face cache and the Hub was not asked (offline mode, "
                        f"HF_HUB_OFFLINE=1 or local_files_only); fetch it once while online with "
                        f"`zoo download {self.label}`")
         elif isinstance(err, LocalEntryNotFoundError) or _unreachable(err):
-            message = (f"{self.label}: the Hugging Face Hub ({hub}) is unreachable and nothing usable is in the "
+            message = (f"{self.what}: the Hugging Face Hub ({hub}) is unreachable and nothing usable is in the "
                        f"cache; check the network connection or HF_ENDPOINT")
         elif isinstance(err, RevisionNotFoundError):
-            message = f"{self.label}: the revision does not exist on the Hub"
+            message = f"{self.what}: the revision does not exist on the Hub"
         elif isinstance(err, RepositoryNotFoundError):
-            message = (f"{self.label}: no such local folder or repository on the Hub, or the repository is "
-                       f"private and no valid token was given (--token, HF_TOKEN or `hf auth login`)")
+            message = (f"{self.what}: no such repository on the Hub, or it is private and no valid token was "
+                       f"given (--token, HF_TOKEN or `hf auth login`)")
         elif isinstance(err, EntryNotFoundError):
-            message = f"{self.label}: a file is missing on the Hub: {_one_line(err)}"
+            message = f"{self.what}: a file is missing on the Hub: {_one_line(err)}"
         elif isinstance(err, HfHubHTTPError):
-            message = f"{self.label}: the Hub answered {_one_line(err)}"
+            message = f"{self.what}: the Hub answered {_one_line(err)}"
         else:
             return False
         raise ZooError(message) from err
@@ -450,10 +452,13 @@ def publish(directory: str | Path, repo_id: str, *, revision: str | None = None,
 
 def _threshold(weights: Path) -> float | None:
     """The decision threshold stored with a binary method's weights (None when it has none)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(weights), framework="pt") as handle:
-        return float(handle.get_tensor("threshold")) if "threshold" in handle.keys() else None
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            return float(handle.get_tensor("threshold")) if "threshold" in handle.keys() else None
+    except (SafetensorError, OSError) as err:
+        raise ZooError(f"{weights} is not a readable safetensors file (truncated or corrupt?): {err}") from err
 
 
 def _is_threshold(key: str) -> bool:
@@ -478,7 +483,7 @@ def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = N
     cls = zoo_registry.methods.load(config["name"])
     task = config.get("task") or cls.task
     task_tag = task.replace("_", "-")
-    metrics = {k: float(v) for k, v in (metrics or {}).items() if not _is_threshold(k)}
+    metrics = {k: _number(v, k) for k, v in (metrics or {}).items() if not _is_threshold(k)}
     hub_dataset = dataset if dataset and looks_like_repo_id(dataset) else None
     eval_results = []
     for key, value in sorted(metrics.items()) if hub_dataset else ():
@@ -532,6 +537,13 @@ def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = N
               "```bibtex", *([citation, ""] if citation else []), ZOO_BIBTEX, "```", ""]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))  # parses it back: a bad card fails here
     return str(card)
+
+
+def _number(value: Any, key: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise ZooError(f"metric {key!r} = {value!r} is not a number") from err
 
 
 def _data_text(dataset: str | None, hub_dataset: str | None) -> str:
