@@ -212,3 +212,62 @@ def test_score_normalisation_in_the_method_changes_scores_as_expected():
     expected = (gen * real).sum(1) - (gen @ background.T).topk(3, dim=1).values.mean(1)
     assert torch.allclose(scores, expected, atol=1e-5)
     assert not torch.allclose(scores, (gen * real).sum(1))
+
+
+class _GeM(torch.nn.Module):
+    """sscd/models/gem_pooling.py GlobalGeMPool2d, written out."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=1e-6).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+
+class _ReleasedSSCD(torch.nn.Module):
+    """sscd/models/model.py Model with a torchvision-layout trunk: GeM in place of avgpool, fc the projection."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.backbone(x))
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "torchvision"])
+def test_sscd_released_files_convert_without_running_their_code(tmp_path, monkeypatch, kind):
+    import timm
+    from zoo_copy_baselines.lightning_model import SSCD
+
+    tiny = SSCD.variants["tiny"]
+    torch.manual_seed(0)
+    backbone = timm.create_model("resnet18", num_classes=tiny["dim"], **tiny["trunk_kwargs"])
+    backbone.global_pool = _GeM(3.0)
+    released = _ReleasedSSCD(backbone).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for module in released.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / f"sscd_tiny.{kind}.pt"
+    if kind == "torchscript":
+        torch.jit.script(released).save(str(path))
+    else:
+        torch.save(released.state_dict(), path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the TorchScript code of a released file must never run")
+
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    model = SSCD.convert_released(path, **tiny)
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed(images), released(images), atol=1e-5, rtol=1e-4)
+    # a file of another trunk names the mismatching key
+    with pytest.raises(ZooError, match="has shape"):
+        SSCD.convert_released(path, **{**tiny, "dim": 16})
+    with pytest.raises(ZooError, match="not SSCD's torchvision layout"):
+        torch.save({"blocks.0.weight": torch.zeros(1)}, tmp_path / "classy.pt")
+        SSCD.convert_released(tmp_path / "classy.pt", **tiny)

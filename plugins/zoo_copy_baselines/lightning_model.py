@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from zoo.backbones import Encoder, freeze
+from zoo.errors import ZooError
 from zoo.module import ZooModule
 from zoo_copy_baselines.torch_model import (
     MAX_LEVEL,
@@ -175,7 +177,7 @@ class SSCD(_PairDescriptor):
 
     def __init__(
         self,
-        trunk: str = "timm:resnet50",  # SSCD: ResNet-50 trunk
+        trunk: str = "timm:resnet50.tv_in1k",  # SSCD: torchvision ResNet-50 (TV_RESNET50)
         pretrained: bool = True,  # SSCD starts from an ImageNet-trained trunk
         image_size: int = 224,  # SSCD train.py: --train_image_size 224
         dim: int = 512,  # SSCD: 512-d descriptor
@@ -207,6 +209,39 @@ class SSCD(_PairDescriptor):
 
     def image_transform(self) -> Callable[[Any], Tensor]:
         return self.net.trunk.transform
+
+    @classmethod
+    def convert_released(cls, path: str | Path, **init_args: Any) -> SSCD:
+        """Build from a released ``sscd_*.torchscript.pt`` or ``sscd_*.torchvision.pt`` (data only, no code run).
+
+        The torchvision ResNet's keys map one to one onto the timm trunk; its ``fc`` (2048 -> 512) is the
+        projection. Every key is mapped and checked for shape; ``init_args`` set the rest.
+
+        Example:
+            >>> SSCD.convert_released("sscd_disc_mixup.torchscript.pt").save_pretrained("sscd-disc-mixup")
+        """
+        from zoo.backbones import no_pretrained_download
+        from zoo_copy_baselines.released import read_sscd_state
+
+        state = read_sscd_state(path)
+        with no_pretrained_download():
+            model = cls(**{**init_args, "pretrained": False})
+        targets = {f"trunk.model.{k}": v for k, v in model.net.trunk.model.state_dict().items()}
+        targets.update({f"projection.{k}": v for k, v in model.net.projection.state_dict().items()})
+        mapped = {}
+        for key, value in state.items():
+            name = f"projection.{key[3:]}" if key.startswith("fc.") else f"trunk.model.{key}"
+            if name not in targets:
+                raise ZooError(f"{path}: unexpected key {key!r} for the {model.hparams.trunk} trunk")
+            if tuple(value.shape) != tuple(targets[name].shape):
+                raise ZooError(f"{path}: key {key!r} has shape {tuple(value.shape)}, the model expects "
+                               f"{tuple(targets[name].shape)}")
+            mapped[name] = value
+        missing = sorted(set(targets) - set(mapped))
+        if missing:
+            raise ZooError(f"{path}: missing key {missing[0]!r} (and {len(missing) - 1} more)")
+        model.net.load_state_dict(mapped, strict=True)
+        return model.eval()
 
     def embed(self, images: Tensor) -> Tensor:
         return self.net(images)

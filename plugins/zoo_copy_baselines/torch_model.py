@@ -94,11 +94,14 @@ def entropy_loss(embeddings: Tensor, instance_ids: Tensor) -> Tensor:
 
 
 def augment(images: Tensor, mean: Tensor, std: Tensor, generator: torch.Generator | None = None,
-            crop_scale: tuple[float, float] = (0.08, 1.0), jitter: float = 0.4, jitter_prob: float = 0.8,
-            gray_prob: float = 0.2, blur_prob: float = 0.5, flip_prob: float = 0.5) -> Tensor:
+            crop_scale: tuple[float, float] = (0.08, 1.0), jitter: float = 0.8, jitter_prob: float = 0.8,
+            gray_prob: float = 0.2, blur_prob: float = 0.5, blur_range: tuple[float, float] = (1.0, 5.0),
+            flip_prob: float = 0.5) -> Tensor:
     """An independent random view of every image of a normalised batch (crop, flip, colour, grey, blur).
 
-    Each image gets its own parameters; the work is batched, so it runs on the accelerator.
+    The defaults are SSCD's default ``STRONG_BLUR`` setting (``sscd/transforms/settings.py``) without its
+    hue jitter: colour jitter 0.8 with probability 0.8, greyscale 0.2, blur radius 1..5 px at 224 px with
+    probability 0.5. Each image gets its own parameters; the work is batched, so it runs on the accelerator.
     """
     b, _, h, w = images.shape
     device = images.device
@@ -128,8 +131,9 @@ def augment(images: Tensor, mean: Tensor, std: Tensor, generator: torch.Generato
     jittered = (jittered - _gray(jittered)) * factors[2] + _gray(jittered)
     x = torch.where(on, jittered.clamp(0, 1), x)
     x = torch.where((rand(b) < gray_prob).view(b, 1, 1, 1), _gray(x).expand_as(x), x)
-    # blur sigma 0.1..2 pixels at 224 px (the SimCLR/SSCD range), scaled to the image size
-    x = torch.where((rand(b) < blur_prob).view(b, 1, 1, 1), _gaussian_blur(x, (0.1 + 1.9 * rand(b)) * h / 224), x)
+    # blur sigma (PIL's radius) in blur_range pixels at 224 px, scaled to the image size
+    sigma = (blur_range[0] + (blur_range[1] - blur_range[0]) * rand(b)) * h / 224
+    x = torch.where((rand(b) < blur_prob).view(b, 1, 1, 1), _gaussian_blur(x, sigma), x)
     return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
