@@ -98,15 +98,17 @@ def test_nan_image_stops_alone_and_is_named():
 
 
 def test_max_rule_takes_the_best_recovered_image_of_the_same_set():
+    from torchvision.transforms import v2
     from zoo_cgi_dm.torch_model import SimilarityScorer
 
     class Flatten(nn.Module):
         image_size = 2
+        transform = v2.Compose([v2.Normalize([0.5] * 3, [0.5] * 3)])
 
         def forward(self, x):
             return x.flatten(1)
 
-    scorer = SimilarityScorer(Flatten(), [0.5] * 3, [0.5] * 3)
+    scorer = SimilarityScorer(Flatten())
     suspects = torch.rand(4, 3, 2, 2)
     recovered = torch.stack([suspects[1], suspects[0], 1 - suspects[2], suspects[2]])
     pair = scorer(suspects, recovered)
@@ -300,3 +302,86 @@ def test_diffusers_lora_weights_load_as_the_file_and_as_its_folder(tmp_path):
         models.apply_lora(base, str(tmp_path / "te.safetensors"))
     with pytest.raises(ZooError, match="no diffusers LoRA weights"):
         models.apply_lora(base, str(tmp_path / "empty"))
+
+
+def test_latent_inversion_rounds_masked_and_recovered_images_to_8_bits():
+    from zoo_cgi_dm.torch_model import ContrastingGradientInversion
+
+    from zoo.diffusion import tiny_vae
+
+    torch.manual_seed(0)
+    unets = [tiny_unet(conditional=False, in_channels=4, sample_size=16, block_out_channels=(8, 16), attention=False)
+             for _ in range(2)]
+    inverter = ContrastingGradientInversion(*unets, tiny_scheduler().alphas_cumprod, vae=tiny_vae(),
+                                            scaling_factor=0.18215, steps=1, radius=1.0, step_size=0.1)
+    result = inverter.invert(torch.rand(2, 3, 32, 32))
+    for images in (result.masked_images, result.recovered_images):
+        levels = images * 255
+        torch.testing.assert_close(levels, levels.round(), atol=1e-4, rtol=0)
+    # the start latent is the encoding of that 8-bit masked picture
+    torch.testing.assert_close(result.start_latents, inverter.encode(result.masked_images))
+
+
+def test_scorer_preprocesses_as_the_encoders_own_transform():
+    """Resize of the shorter side and centre crop (CLIP's preprocess), not a squash of the whole image."""
+    import numpy as np
+    from PIL import Image
+    from zoo_cgi_dm.torch_model import SimilarityScorer
+
+    from zoo.backbones import Encoder
+
+    encoder = Encoder("open_clip:zoo-tiny-clip", pretrained=False)
+    scorer = SimilarityScorer(encoder)
+    gen = np.random.default_rng(0)
+    pixels = gen.integers(0, 256, (3, 4, 3)).repeat(24, axis=0).repeat(24, axis=1).astype(np.uint8)  # 72 x 96
+    image = torch.from_numpy(pixels).permute(2, 0, 1).float()[None] / 255
+    reference = encoder.transform(Image.fromarray(pixels))[None]
+    ours = scorer.preprocess(image)
+    assert ours.shape == reference.shape
+    squashed = torch.nn.functional.interpolate(image, size=reference.shape[-2:], mode="bicubic").clamp(0, 1)
+    squashed = (squashed - scorer.mean) / scorer.std
+    # tensor and PIL resampling differ a little at block edges; the squash misses the crop entirely
+    assert (ours - reference).abs().mean() < 0.05 < (squashed - reference).abs().mean()
+
+
+def test_dino_scoring_concatenates_the_class_tokens_of_the_last_four_blocks():
+    from zoo_cgi_dm.torch_model import SimilarityScorer
+
+    from zoo.backbones import Encoder
+
+    torch.manual_seed(0)
+    encoder = Encoder("timm:vit_small_patch16_224", pretrained=False, image_size=32,
+                      model_kwargs={"depth": 5, "embed_dim": 24, "num_heads": 2, "patch_size": 8}).eval()
+    scorer = SimilarityScorer(encoder, last_blocks=4)
+    images = torch.rand(2, 3, 32, 32)
+    x = scorer.preprocess(images)
+    model = encoder.model
+    with torch.no_grad():  # DINO's get_intermediate_layers: the tokens after each block, through the final norm
+        tokens = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+        outputs = []
+        for block in model.blocks:
+            tokens = block(tokens)
+            outputs.append(model.norm(tokens)[:, 0])
+    reference = torch.nn.functional.normalize(torch.cat(outputs[-4:], dim=-1), dim=-1)
+    ours = scorer.embed(images)
+    assert ours.shape == (2, 4 * 24)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ZooError, match="last_blocks"):
+        SimilarityScorer(Encoder("open_clip:zoo-tiny-clip", pretrained=False), last_blocks=4)
+
+
+def test_image_transform_resizes_the_shorter_side_and_crops_the_centre(mini_models):
+    from PIL import Image
+    from zoo_cgi_dm.lightning_model import CGIDM
+
+    model = CGIDM(pretrained="zoo-mini", finetuned="zoo-mini:full", encoder="open_clip:zoo-tiny-clip",
+                  encoder_pretrained=False, **TINY_PGD)
+    size = model.image_size
+    image = Image.new("RGB", (3 * size, 2 * size), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, size // 2, 2 * size))  # a red band on the left, outside the centre square
+    out = model.image_transform()(image)
+    assert out.shape == (3, size, size)
+    torch.testing.assert_close(out[:, size // 2, size // 2], torch.tensor([0.0, 0.0, 1.0]))
+    assert float(out[0].max()) < 0.05  # the band is cropped away, not squashed in
+    grey = model.image_transform()(Image.new("L", (size, size), 128))
+    assert grey.shape == (3, size, size)

@@ -33,6 +33,8 @@ class CGIDM(ZooModule):
         encoder: the scoring encoder by name (paper: CLIP ViT-B/32 and DINO ViT-S/16).
         encoder_pretrained: load the encoder's pretrained weights.
         encoder_kwargs: extra ``zoo.backbones.Encoder`` constructor arguments (tiny variants).
+        encoder_blocks: 1 scores with the encoder's output; 4 concatenates the class tokens of a timm ViT's
+            last 4 blocks (the released DINO scoring, 1536-d for ViT-S/16).
         score_rule: ``pair`` (similarity to the own recovered image) or ``max`` (paper's set rule: maximum
             similarity over all recovered images of the same set, i.e. same ``source``, in the batch).
         radius, step_size, steps, clip, shared_noise, timesteps_per_step: PGD, see ``ContrastingGradientInversion``.
@@ -65,6 +67,7 @@ class CGIDM(ZooModule):
         encoder: str = "open_clip:ViT-B-32@openai",  # paper: CLIP ViT-B/32 (and DINO ViT-S/16)
         encoder_pretrained: bool = True,
         encoder_kwargs: dict[str, Any] | None = None,
+        encoder_blocks: int = 1,  # released code: CLIP's output; DINO: class tokens of the last 4 blocks
         score_rule: str = "pair",
         radius: float = 70.0,  # released code: L2 radius 70
         step_size: float = 2.0,  # released code: L2 step 2.0
@@ -93,7 +96,7 @@ class CGIDM(ZooModule):
         self._build_inverter(pretrained, finetuned, finetune_type, dict(
             radius=radius, step_size=step_size, steps=steps, clip=clip, shared_noise=shared_noise,
             timesteps_per_step=timesteps_per_step))
-        self.scorer = self._build_scorer(encoder, encoder_pretrained, encoder_kwargs)
+        self.scorer = self._build_scorer(encoder, encoder_pretrained, encoder_kwargs, encoder_blocks)
         self.image_size = image_size or self._native_size
         self.register_buffer("calibrated", torch.tensor(False))
         self._contexts: dict[tuple[str, str], Tensor | None] = {}
@@ -116,23 +119,26 @@ class CGIDM(ZooModule):
             prediction_type=pre.scheduler.config.prediction_type, **pgd)]
 
     @staticmethod
-    def _build_scorer(spec: str, pretrained: bool, kwargs: dict[str, Any] | None) -> torch.nn.Module:
+    def _build_scorer(spec: str, pretrained: bool, kwargs: dict[str, Any] | None, blocks: int) -> torch.nn.Module:
         from zoo.backbones import Encoder, freeze
         from zoo_cgi_dm.torch_model import SimilarityScorer
 
-        encoder = freeze(Encoder(spec, pretrained=pretrained, model_kwargs=kwargs))
-        mean, std = _normalisation(encoder.transform)
-        return SimilarityScorer(encoder, mean, std)
+        return SimilarityScorer(freeze(Encoder(spec, pretrained=pretrained, model_kwargs=kwargs)), blocks)
 
     @property
     def inverter(self) -> torch.nn.Module:
         return self._inverter[0]
 
     def image_transform(self) -> Callable[[Any], Tensor]:
-        from zoo.data.base import default_transform
+        """As released: the shorter side resized to the model's resolution (bilinear), a centre crop, [0, 1]."""
+        from torchvision.transforms import v2
 
-        # the diffusion model's own resolution in [0, 1]; the encoder resizes and normalises itself
-        return default_transform(self.image_size)
+        # the encoder resizes, crops and normalises the [0, 1] image itself
+        return v2.Compose([
+            v2.Lambda(_rgb),
+            v2.Resize(self.image_size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+            v2.CenterCrop(self.image_size), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+        ])
 
     def _place(self, device: torch.device) -> None:
         inverter = self.inverter
@@ -170,8 +176,10 @@ class CGIDM(ZooModule):
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         return result
 
-    def predict_batch(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        images, sources, names = batch["image"], list(batch["source"]), list(batch["id"])
+    def predict_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        # without labels (your own images) the batch is one set under the default prompt
+        images, names = batch["image"], list(batch["id"])
+        sources = list(batch.get("source") or [""] * len(names))
         result = self.invert(images, sources, names)
         with torch.inference_mode(False), torch.no_grad():
             scores = self.scorer(images.clone(), result.recovered_images,
@@ -179,22 +187,29 @@ class CGIDM(ZooModule):
         for i in torch.nonzero(~torch.isfinite(scores)).flatten().tolist():
             warnings.warn(f"{names[i]}: CGI-DM score is not finite (the image holds NaN or inf); scored -1",
                           RuntimeWarning, stacklevel=2)
-        self._write_artifacts(images, result, sources, names)
-        return {"score": torch.nan_to_num(scores.float(), nan=-1.0, posinf=-1.0, neginf=-1.0)}
+        pred: dict[str, Any] = {"score": torch.nan_to_num(scores.float(), nan=-1.0, posinf=-1.0, neginf=-1.0)}
+        written = self._write_artifacts(images, result, sources, names)
+        if written:
+            pred["artifact"] = written
+        return pred
 
-    def _write_artifacts(self, images: Tensor, result: Any, sources: list[str], names: list[str]) -> None:
+    def _write_artifacts(self, images: Tensor, result: Any, sources: list[str], names: list[str]) -> list[str]:
+        """One picture per image (original | masked | recovered); their paths, or none without a folder."""
         folder = self.artifact_dir() if self.save_artifacts else None
         if folder is None:
-            return
+            return []
         from torchvision.utils import save_image
 
+        written = []
         for i, name in enumerate(names):
             panels = torch.stack([images[i].float().clamp(0, 1), result.masked_images[i], result.recovered_images[i]])
             if panels.shape[-1] < ARTIFACT_SIZE:  # tiny images blown up so that they can be seen
                 panels = torch.nn.functional.interpolate(panels, scale_factor=ARTIFACT_SIZE // panels.shape[-1])
             # split, source and file name: ids of different splits may share a file name
-            stem = "-".join(Path(name).with_suffix("").parts[-3:]) or sources[i]
+            stem = "-".join(Path(name).with_suffix("").parts[-3:]) or sources[i] or f"image-{i}"
             save_image(panels.cpu(), folder / f"{stem}.png", nrow=3, padding=1)
+            written.append(str(folder / f"{stem}.png"))
+        return written
 
     # ----------------------------------------------------------------- threshold without a validate run
     def on_validation_epoch_end(self) -> None:
@@ -221,9 +236,5 @@ class CGIDM(ZooModule):
             self.calibrated.fill_(True)
 
 
-def _normalisation(transform: Any) -> tuple[list[float], list[float]]:
-    """The mean and std of the ``Normalize`` step in an encoder's transform."""
-    for step in getattr(transform, "transforms", []):
-        if hasattr(step, "mean") and hasattr(step, "std"):
-            return [float(m) for m in step.mean], [float(s) for s in step.std]
-    return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+def _rgb(image: Any) -> Any:
+    return image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image

@@ -41,8 +41,8 @@ class InversionResult:
     latents: Tensor  # z0, the encoded suspect images
     start_latents: Tensor  # z_init, the masked latents decoded and re-encoded
     recovered_latents: Tensor  # M*z0 + (1-M)*(z_init + delta)
-    masked_images: Tensor  # decode(M * z0)
-    recovered_images: Tensor  # decode(recovered latents)
+    masked_images: Tensor  # decode(M * z0), rounded to 8 bits for a latent model
+    recovered_images: Tensor  # decode(recovered latents), rounded to 8 bits
     losses: Tensor  # (steps, B) objective per step; NaN after an image stopped
     failed: dict[int, str] = field(default_factory=dict)  # batch index -> why the image stopped
 
@@ -113,6 +113,11 @@ class ContrastingGradientInversion(nn.Module):
             latents = self.vae.decode((latents / self.scaling_factor).to(_dtype(self.vae))).sample.float()
         return ((latents + 1) / 2).clamp(0, 1)
 
+    @staticmethod
+    def to_8bit(images: Tensor) -> Tensor:
+        """[0, 1] images rounded to 8 bits, as the released code's ``numpy_to_pil`` (then PNG) does."""
+        return (images * 255).round() / 255
+
     def mask(self, latents: Tensor) -> Tensor:
         return checkerboard_mask(latents.shape[-2], latents.shape[-1], self.mask_block).to(latents.device)
 
@@ -161,6 +166,9 @@ class ContrastingGradientInversion(nn.Module):
             z0 = self.encode(images)
             keep = self.mask(z0)
             masked_images = self.decode(z0 * keep)
+            if self.vae is not None:
+                # as released: the masked image is decoded to an 8-bit picture, then encoded again
+                masked_images = self.to_8bit(masked_images)
             start = self.encode(masked_images) if self.vae is not None else z0 * keep
         delta = torch.zeros_like(z0)
         active = torch.ones(z0.shape[0], dtype=torch.bool, device=z0.device)
@@ -187,7 +195,8 @@ class ContrastingGradientInversion(nn.Module):
                 break
         with torch.no_grad():
             recovered = keep * z0 + (1 - keep) * (start + delta)
-            recovered_images = self.decode(recovered)
+            # as released, the recovered image is an 8-bit picture (saved as PNG, then scored)
+            recovered_images = self.to_8bit(self.decode(recovered))
         return InversionResult(
             latents=z0, start_latents=start, recovered_latents=recovered, masked_images=masked_images,
             recovered_images=recovered_images,
@@ -198,23 +207,57 @@ class ContrastingGradientInversion(nn.Module):
 class SimilarityScorer(nn.Module):
     """Cosine similarity of suspect images to recovered images in a frozen encoder's embedding space.
 
+    Images go through the encoder's own geometric pre-processing (its ``Resize`` and ``CenterCrop``
+    steps, applied to the tensors, antialiased) and its normalisation, as the released code feeds the
+    encoder through CLIP's ``preprocess`` / DINO's transform.
+
     Args:
         encoder: a ``zoo.backbones.Encoder`` (CLIP ViT-B/32, DINO ViT-S/16 or any).
-        mean / std: the encoder's input normalisation.
+        last_blocks: 1 uses the encoder's output; n > 1 (a timm ViT) concatenates the class tokens of its
+            last n blocks, each through the final norm, as the released DINO scoring (n = 4: 4 x 384 = 1536-d).
     """
 
-    def __init__(self, encoder: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, encoder: nn.Module, last_blocks: int = 1) -> None:
         super().__init__()
+        from zoo.errors import ZooError
+
         self.encoder = encoder
-        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
+        if last_blocks < 1:
+            raise ZooError(f"last_blocks={last_blocks} must be at least 1")
+        if last_blocks > 1 and (getattr(encoder, "library", None) != "timm"
+                                or not hasattr(encoder.model, "forward_intermediates")):
+            raise ZooError(f"last_blocks={last_blocks} needs a timm ViT encoder; {getattr(encoder, 'spec', encoder)!r} "
+                           "has no intermediate blocks to concatenate")
+        self.last_blocks = last_blocks
+        steps = list(getattr(encoder.transform, "transforms", []))
+        self.geometry = [step for step in steps if type(step).__name__ in ("Resize", "CenterCrop")]
+        if not self.geometry:  # an encoder without a resize step: its input size, squashed
+            from torchvision.transforms import v2
+
+            self.geometry = [v2.Resize((int(encoder.image_size),) * 2, antialias=True)]
+        mean, std = _normalisation(steps)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """[0, 1] images -> the encoder's input: its resize and crop, then its normalisation."""
+        x = images.float()
+        for step in self.geometry:
+            x = step(x)
+        return (x.clamp(0, 1) - self.mean) / self.std
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
         """[0, 1] images -> unit embeddings."""
-        size = int(self.encoder.image_size)
-        x = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
-        return F.normalize(self.encoder((x - self.mean) / self.std).float(), dim=-1)
+        x = self.preprocess(images)
+        if self.last_blocks == 1:
+            features = self.encoder(x)
+        else:
+            blocks = self.encoder.model.forward_intermediates(
+                x, indices=self.last_blocks, norm=True, return_prefix_tokens=True, output_fmt="NLC",
+                intermediates_only=True)
+            features = torch.cat([prefix[:, 0] for _, prefix in blocks], dim=-1)
+        return F.normalize(features.float(), dim=-1)
 
     def forward(self, suspects: Tensor, recovered: Tensor, groups: Sequence[str] | None = None) -> Tensor:
         """Scores, ``(B,)``: similarity to the own recovered image, or with ``groups`` the paper's rule,
@@ -225,6 +268,14 @@ class SimilarityScorer(nn.Module):
         sims = a @ b.T
         same = torch.tensor([[g == h for h in groups] for g in groups], device=sims.device)
         return sims.masked_fill(~same, float("-inf")).amax(dim=1)
+
+
+def _normalisation(steps: Sequence[object]) -> tuple[list[float], list[float]]:
+    """The mean and std of the ``Normalize`` step among an encoder's transform steps."""
+    for step in steps:
+        if hasattr(step, "mean") and hasattr(step, "std"):
+            return [float(m) for m in step.mean], [float(s) for s in step.std]
+    return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
 
 
 def _frozen(module: nn.Module) -> nn.Module:
