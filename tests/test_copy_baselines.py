@@ -271,3 +271,21 @@ def test_sscd_released_files_convert_without_running_their_code(tmp_path, monkey
     with pytest.raises(ZooError, match="not SSCD's torchvision layout"):
         torch.save({"blocks.0.weight": torch.zeros(1)}, tmp_path / "classy.pt")
         SSCD.convert_released(tmp_path / "classy.pt", **tiny)
+
+
+def test_loss_equals_sscd_released_formula():
+    """sscd/train.py SSCD.loss, transcribed: InfoNCE with its 1e-6 in the partition, entropy x 30."""
+    torch.manual_seed(0)
+    emb = F.normalize(torch.randn(12, 8), dim=1)
+    ids = torch.arange(6).repeat(2)
+    similarity = emb @ emb.T
+    match = ids[:, None] == ids[None, :]
+    identity = torch.eye(12, dtype=torch.bool)
+    non_matches, nontrivial = ~match, match & ~identity
+    max_non_match = torch.where(non_matches, similarity, torch.tensor(-100.0)).max(dim=1, keepdim=True).values
+    logits = (similarity / 0.05).exp()
+    partitions = logits + ((non_matches * logits).sum(dim=1) + 1e-6).unsqueeze(1)
+    infonce = (-(logits / partitions).log() * nontrivial).sum() / 12
+    entropy = -(2 - 2 * max_non_match).clamp(min=1e-6).sqrt().log().mean()
+    torch.testing.assert_close(info_nce_loss(emb, ids, 0.05), infonce, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy_loss(emb, ids), entropy, atol=1e-6, rtol=1e-6)

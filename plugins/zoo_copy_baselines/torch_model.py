@@ -51,6 +51,9 @@ class SSCDNet(nn.Module):
                              model_kwargs={**(trunk_kwargs or {}), "global_pool": ""})
         self.gem_p = gem_p
         self.projection = nn.Linear(self.trunk.dim, dim)
+        # sscd/models/model.py (torchvision trunk): the projection fc starts Xavier-uniform, bias 0
+        nn.init.xavier_uniform_(self.projection.weight)
+        nn.init.zeros_(self.projection.bias)
 
     def forward(self, images: Tensor) -> Tensor:
         features = self.trunk(images)
