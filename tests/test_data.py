@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from zoo.data import mini
@@ -226,7 +227,8 @@ def _digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def test_mini_sets_are_deterministic(tmp_path):
+def test_mini_sets_are_deterministic(tmp_path, monkeypatch):
+    monkeypatch.setattr(mini, "FAKE_PER_SOURCE", {"train": 3, "val": 2, "test": 2})  # the builder, not the size
     for kind in ("fake_detection", "copyright"):
         first = mini.ensure(kind, tmp_path / f"{kind}-a")
         second = mini.ensure(kind, tmp_path / f"{kind}-b")
@@ -262,9 +264,85 @@ def test_mini_splits_share_no_pixels():
     assert bands["train"].height == int(0.6 * image.height)
 
 
-def test_mini_fake_detection_has_two_generators_and_captions():
-    dm = MiniFakeDetection(captions=True, test_generators=["smoother"])
+def test_mini_fake_detection_sources_counts_and_captions():
+    dm = MiniFakeDetection(captions=True, test_generators=["autoencoder"])
     dm.setup()
-    assert {r.source for r in dm.splits["train"]} == {"real", "upsampler", "smoother"}
-    assert {r.source for r in dm.splits["test"]} == {"real", "smoother"}
+    assert {r.source for r in dm.splits["train"]} == {"real", "upsampler", "smoother", "autoencoder"}
+    assert {r.source for r in dm.splits["test"]} == {"real", "autoencoder"}
     assert all(r.caption for r in dm.splits["val"])
+    for split, records in dm.splits.items():
+        counts = pd.Series([r.source for r in records]).value_counts()
+        assert set(counts) == {mini.FAKE_PER_SOURCE[split]}, split
+    assert mini.FAKE_PER_SOURCE["train"] >= 120
+
+
+def _find_window(band: np.ndarray, window: np.ndarray) -> bool:
+    """Whether ``window`` is, pixel for pixel, a window of ``band`` (both uint8 RGB arrays)."""
+    height, width = window.shape[:2]
+    first = window[0].tobytes()
+    for y in range(len(band) - height + 1):
+        row, x = band[y].tobytes(), -1
+        while (x := row.find(first, x + 1)) >= 0:
+            if x % 3 == 0 and np.array_equal(band[y:y + height, x // 3:x // 3 + width], window):
+                return True
+    return False
+
+
+def test_mini_fake_detection_images_are_native_windows_of_their_own_band():
+    # every real image of every split is a window of its photograph at one scale (never resampled), cut
+    # from its split's band and from no other band: test pixels are never seen in training
+    root = mini.ensure("fake_detection")
+    for split in mini.BANDS:
+        for path in sorted((root / split / "real").glob("*.png"))[:: len(mini.FAKE_PHOTOS) + 1][:4]:
+            name = next(n for n in mini.FAKE_PHOTOS if path.stem.endswith(n))
+            window = np.asarray(Image.open(path))
+            assert window.shape == (mini.SIZE, mini.SIZE, 3)
+            found = {s for s in mini.BANDS if _find_window(np.asarray(mini.band(mini.photo(name), s)), window)}
+            assert found == {split}, (path, found)
+
+
+def test_mini_autoencoder_is_learned_and_its_traces_survive_jpeg():
+    from zoo.data.mini_generators import MiniAutoencoder, train_autoencoder
+
+    regions = torch.rand(8, 3, 32, 32)
+    first, second = train_autoencoder(regions, seed=0, steps=2), train_autoencoder(regions, seed=0, steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True))
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in MiniAutoencoder().decoder)  # learned up-sampling
+    # the cached, trained generator leaves traces that four texture features find on unseen test windows,
+    # also after a JPEG round trip at quality 75
+    from scipy.ndimage import laplace
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    root = mini.ensure("fake_detection")
+
+    def features(path: Path, quality: int | None = None) -> list[float]:
+        image = Image.open(path).convert("RGB")
+        gray = np.asarray(mini.jpeg(image, quality) if quality else image, dtype=float).mean(2)
+        dx = np.abs(np.diff(gray, axis=1)) + 1e-3
+        lap = np.abs(laplace(gray)).mean() + 1e-3
+        return [np.log(lap), np.log(dx.mean()), np.log(lap / dx.mean()), abs(np.log(dx[:, 0::2].mean() / dx[:, 1::2].mean()))]
+
+    def load(split: str, quality: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        x = {s: [features(p, quality) for p in sorted((root / split / s).glob("*.png"))] for s in ("real", "autoencoder")}
+        return np.array(x["real"] + x["autoencoder"]), np.array([0] * len(x["real"]) + [1] * len(x["autoencoder"]))
+
+    classifier = LogisticRegression(max_iter=1000).fit(*load("train"))
+    for quality in (None, 75):
+        x, y = load("test", quality)
+        assert roc_auc_score(y, classifier.decision_function(x)) > 0.75, quality
+
+
+def test_mini_attribution_has_a_sibling_of_the_model_under_test():
+    from safetensors.torch import load_file
+    from zoo_inversion_attribution.data import NEGATIVES, MiniAttribution, ensure_attribution
+
+    root = ensure_attribution()
+    weights = {name: load_file(str(root / "generators" / name / "model.safetensors"))
+               for name in ("generated", "sibling", "other_model")}
+    assert weights["generated"].keys() == weights["sibling"].keys()  # the same family, trained again
+    assert not torch.equal(weights["generated"]["project.weight"], weights["sibling"]["project.weight"])
+    dm = MiniAttribution()
+    dm.setup()
+    assert {r.source for r in dm.splits["test"] if r.label == 0} == set(NEGATIVES) == {"sibling", "other_model", "real"}
+    assert all(Image.open(r.path).size == (32, 32) for r in dm.splits["test"][:8])

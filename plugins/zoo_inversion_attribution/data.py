@@ -1,16 +1,20 @@
-"""The mini attribution suite: a small generator trained on mini data, a second one, and real photos.
+"""The mini attribution suite: a small generator trained on mini data, two others, and real photos.
 
-Built once into ``$ZOO_CACHE`` (deterministically; about 5 s of CPU time on one core):
+Built once into ``$ZOO_CACHE`` (deterministically, on one thread):
 
     generators/generated/     the model under test: a small VAE decoder (``MiniDecoder``) trained on
-                              32x32 regions of half of scikit-image's photographs (seed 0)
-    generators/other_model/   a second model of the same family, trained on the other half (seed 1)
+                              32x32 windows of half of scikit-image's photographs (seed s)
+    generators/sibling/       the hard negative: the same family trained on the same photographs with
+                              another seed (s + 1); only the seed tells the two models apart
+    generators/other_model/   the same family trained on the other half of the photographs (seed s + 2)
     calibration/generated/    images the model under test generated, for the belonging test
     <val|test>/generated/     further images of the model under test (label 1)
-    <val|test>/other_model/   images of the second model (label 0)
-    <val|test>/real/          32x32 regions of the photographs' val/test bands (label 0)
+    <val|test>/sibling/       images of the sibling (label 0)
+    <val|test>/other_model/   images of the model trained on other photographs (label 0)
+    <val|test>/real/          32x32 windows of the photographs' val/test bands (label 0)
 
-Generated images are decoder outputs at latents drawn from N(0, I), saved as 8-bit PNG.
+Every window is cut at the photograph's own scale (never resampled) in every split. Generated images
+are decoder outputs at latents drawn from N(0, I), saved as 8-bit PNG.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from zoo.data.folders import AttributionFolders
 from zoo_inversion_attribution.generators import MiniDecoder, MiniEncoder, save_mini_decoder
 
 KIND = "attribution"
+VERSION = 2  # bump when the builder changes, so old caches are not reused
 IMAGE_SIZE = 32
 LATENT_DIM = 16
-COUNTS = {"calibration": 16, "val": 8, "test": 10}  # images per source
+COUNTS = {"calibration": 16, "val": 8, "test": 24}  # images per source
+NEGATIVES = ("sibling", "other_model", "real")
 TRAIN_PATCHES, TRAIN_STEPS, TRAIN_BATCH = 256, 120, 32
 KL_WEIGHT = 1e-3  # weight of the VAE's KL term per latent dimension relative to the per-pixel MSE
 
@@ -39,10 +45,8 @@ def _patches(names: list[str], split: str, count: int, rng: np.random.Generator)
     out = []
     for i in range(count):
         image = bands[names[i % len(names)]]
-        region = image.crop(mini.random_box(image, rng, (0.2, 0.6))).resize((IMAGE_SIZE, IMAGE_SIZE),
-                                                                            Image.Resampling.BICUBIC)
-        out.append(torch.from_numpy(np.array(region)).permute(2, 0, 1).float() / 255)
-    return torch.stack(out)
+        out.append(np.asarray(image.crop(mini.fixed_box(image, IMAGE_SIZE, rng))))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
 
 
 def train_mini_decoder(names: list[str], seed: int) -> MiniDecoder:
@@ -75,14 +79,15 @@ def _save_samples(decoder: MiniDecoder, folder: Path, count: int, seed: int, pre
 
 
 def build_attribution(root: Path, seed: int = 0) -> None:
-    """Train the two mini generators and write every split (see the module docstring)."""
+    """Train the three mini generators and write every split (see the module docstring)."""
     names = list(mini.PHOTOS)
     threads = torch.get_num_threads()
     # one thread: the same float summation order, hence the same weights, on every machine
     torch.set_num_threads(1)
     try:
         models = {"generated": train_mini_decoder(names[0::2], seed),
-                  "other_model": train_mini_decoder(names[1::2], seed + 1)}
+                  "sibling": train_mini_decoder(names[0::2], seed + 1),
+                  "other_model": train_mini_decoder(names[1::2], seed + 2)}
     finally:
         torch.set_num_threads(threads)
     for name, decoder in models.items():
@@ -101,11 +106,11 @@ def build_attribution(root: Path, seed: int = 0) -> None:
 
 def ensure_attribution(root: str | Path | None = None, seed: int = 0) -> Path:
     """The folder of the mini attribution set, built first if it is not there yet."""
-    return mini.ensure(KIND, root, seed, build=build_attribution)
+    return mini.ensure(KIND, root, seed, build=build_attribution, version=VERSION)
 
 
 def mini_generator_folder(name: str = "generated") -> Path:
-    """The saved mini generator ``generated`` (the model under test) or ``other_model``, built on demand."""
+    """The saved mini generator ``generated`` (the model under test), ``sibling`` or ``other_model``, built on demand."""
     return ensure_attribution() / "generators" / name
 
 
@@ -115,16 +120,18 @@ def mini_calibration_folder() -> Path:
 
 
 class MiniAttribution(AttributionFolders):
-    """Mini attribution: a small trained VAE decoder's images against a second decoder's and real photos.
+    """Mini attribution: a small trained VAE decoder's images against two other decoders' and real photos.
 
-    ``other`` picks the negative sources (default both ``other_model`` and ``real``).
+    ``other`` picks the negative sources (default all of ``NEGATIVES``: ``sibling``, the same family
+    trained on the same photographs with another seed; ``other_model``, trained on other photographs;
+    ``real``).
     """
 
-    description = "mini attribution (a trained mini decoder vs a second decoder and real photos)"
+    description = "mini attribution (a trained mini decoder vs its sibling, a decoder of other photos, real photos)"
 
     def __init__(self, root: str | None = None, other: list[str] | None = None, batch_size: int = 16,
                  image_size: int = IMAGE_SIZE, **kwargs: Any) -> None:
         folder = ensure_attribution(root)
-        super().__init__(str(folder), generated=["generated"], other=other or ["other_model", "real"],
+        super().__init__(str(folder), generated=["generated"], other=other or list(NEGATIVES),
                          batch_size=batch_size, image_size=image_size, **kwargs)
         self.calibration_dir = folder / "calibration" / "generated"

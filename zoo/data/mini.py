@@ -47,7 +47,8 @@ PHOTOS: dict[str, str] = {
 }
 BANDS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
 SIZE = 64  # side of every mini image, in pixels
-VERSION = 1  # bump when a builder changes, so old caches are not reused
+# bump a set's version when its builder changes, so old caches are not reused
+VERSIONS = {"copy_detection": 1, "fake_detection": 2, "copyright": 1}
 
 
 def cache_root() -> Path:
@@ -179,7 +180,7 @@ def build_copy_detection(root: Path, seed: int = 0) -> None:
         labels.to_csv(folder / "labels.csv", index=False)
 
 
-# ---------------------------------------------------------------- fake detection: two stand-in generators
+# ---------------------------------------------------------------- fake detection: stand-ins and a learned generator
 def upsampler(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Stand-in generator A: 4x down and nearest-neighbour up, plus a fixed 4x4 periodic pattern.
 
@@ -201,30 +202,55 @@ def smoother(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
 
 
+# the stand-ins: hand-written transformations whose artefacts are known by construction
 GENERATORS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
     "upsampler": upsampler,
     "smoother": smoother,
 }
-FAKE_PER_SOURCE = {"train": 48, "val": 16, "test": 24}
+LEARNED = "autoencoder"  # the learned generator: see zoo.data.mini_generators
+FAKE_GENERATORS = (*GENERATORS, LEARNED)
+# the photographs whose val and test bands are at least SIZE pixels tall, so that every split is cut
+# at the same native scale (the others' test bands are 34-61 px tall)
+FAKE_PHOTOS = ("astronaut", "camera", "coffee", "hubble_deep_field", "immunohistochemistry", "moon", "retina",
+               "rocket", "cell", "brick", "grass", "gravel")
+FAKE_PER_SOURCE = {"train": 120, "val": 40, "test": 80}
+
+
+def fixed_box(image: Image.Image, side: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A random ``side`` x ``side`` box inside ``image``: a window at the photograph's own scale."""
+    if min(image.size) < side:
+        raise ValueError(f"a {image.width}x{image.height} band has no {side}x{side} window")
+    x = int(rng.integers(0, image.width - side + 1))
+    y = int(rng.integers(0, image.height - side + 1))
+    return (x, y, x + side, y + side)
 
 
 def build_fake_detection(root: Path, seed: int = 0) -> None:
-    """Write ``root/<split>/{real,upsampler,smoother}/*.png`` and ``root/<split>/captions.csv``."""
+    """Write ``root/<split>/{real,upsampler,smoother,autoencoder}/*.png`` and ``root/<split>/captions.csv``.
+
+    Every image starts as a SIZE x SIZE window of a photograph at its native scale, never resampled, in
+    every split; the photographs take turns so that every source shows the same subjects. A generated
+    image is a fresh window passed through its generator, so no real image has a generated twin.
+    """
     import pandas as pd
 
+    from zoo.data.mini_generators import autoencoder, reconstruct
+
+    learned = autoencoder()  # trained once (seed 0) on the train bands, shared by every seed of the set
     rng = np.random.default_rng(seed)
-    photos = {name: photo(name) for name in PHOTOS}
-    names = list(PHOTOS)
+    photos = {name: photo(name) for name in FAKE_PHOTOS}
     for split, count in FAKE_PER_SOURCE.items():
         bands = {name: band(image, split) for name, image in photos.items()}
         captions = []
-        for source in ("real", *GENERATORS):
+        for source in ("real", *FAKE_GENERATORS):
             (root / split / source).mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                name = names[int(rng.integers(len(names)))]
-                image = square(bands[name], random_box(bands[name], rng))
-                if source != "real":
-                    image = GENERATORS[source](image, rng)
+            names = [FAKE_PHOTOS[i % len(FAKE_PHOTOS)] for i in range(count)]
+            images = [bands[name].crop(fixed_box(bands[name], SIZE, rng)) for name in names]
+            if source == LEARNED:
+                images = reconstruct(learned, images)
+            elif source != "real":
+                images = [GENERATORS[source](image, rng) for image in images]
+            for i, (name, image) in enumerate(zip(names, images, strict=True)):
                 file = f"{source}/{source}_{i:03d}_{name}.png"
                 image.save(root / split / file)
                 captions.append((file, PHOTOS[name]))
@@ -268,12 +294,13 @@ BUILDERS: dict[str, Callable[[Path, int], None]] = {
 
 
 def ensure(kind: str, root: str | Path | None = None, seed: int = 0,
-           build: Callable[[Path, int], None] | None = None, version: int = VERSION) -> Path:
+           build: Callable[[Path, int], None] | None = None, version: int | None = None) -> Path:
     """The folder of mini set ``kind``, built first if it is not there yet (atomically).
 
     ``build`` writes the set into a folder (default: the core builder of ``kind``); plugins pass their
     own, with a ``version`` of their own, for what they build on top of the mini suite.
     """
+    version = version if version is not None else VERSIONS.get(kind, 1)
     target = Path(root) if root else cache_root() / f"{kind}-v{version}-seed{seed}"
     if (target / ".complete").is_file():
         return target

@@ -26,19 +26,19 @@ class MiniCopyDetection(DRepParquet):
 
 
 class MiniFakeDetection(FakeImageFolders):
-    """Mini fake detection: real photograph regions against two stand-in generators, with captions.
+    """Mini fake detection: native-scale photograph windows against two stand-ins and a learned generator.
 
-    ``generators`` picks the training generators and ``test_generators`` the test ones, for the
-    cross-generator matrix.
+    ``generators`` picks the training generators (default all of ``zoo.data.mini.FAKE_GENERATORS``) and
+    ``test_generators`` the test ones, for the cross-generator matrix.
     """
 
-    description = "mini fake detection (real vs stand-in generators 'upsampler', 'smoother')"
+    description = "mini fake detection (real vs stand-ins 'upsampler', 'smoother' and a learned 'autoencoder')"
 
     def __init__(self, root: str | None = None, generators: list[str] | None = None,
                  test_generators: list[str] | None = None, batch_size: int = 16, image_size: int = 64,
                  **kwargs: Any) -> None:
         super().__init__(
-            str(mini.ensure("fake_detection", root)), generators=generators or list(mini.GENERATORS),
+            str(mini.ensure("fake_detection", root)), generators=generators or list(mini.FAKE_GENERATORS),
             test_generators=test_generators, batch_size=batch_size, image_size=image_size, **kwargs,
         )
 
