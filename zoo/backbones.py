@@ -88,6 +88,8 @@ class Encoder(nn.Module):
             kwargs.setdefault("img_size", image_size)
         try:
             self.model = timm.create_model(name, pretrained=want_pretrained(pretrained), num_classes=0, **kwargs)
+        except OSError as err:  # the Hub client's download and cache errors are OSErrors
+            raise _unreachable(self.spec, err) from err
         except RuntimeError as err:
             raise ZooError(f"timm cannot build {name!r}: {err}") from err
         config = resolve_model_data_config(self.model)
@@ -111,7 +113,11 @@ class Encoder(nn.Module):
             kwargs.setdefault("force_image_size", image_size)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(self.name, pretrained=tag, **kwargs)
+        except OSError as err:
+            raise _unreachable(self.spec, err) from err
         except RuntimeError as err:
+            if tag is not None and "download" in str(err).lower():
+                raise _unreachable(self.spec, err) from err
             raise ZooError(f"open_clip cannot build {self.spec!r}: {err}") from err
         self.model = model
         self._transform = preprocess
@@ -144,6 +150,15 @@ class Encoder(nn.Module):
             raise ZooError(f"{self.spec} has no text encoder; use an open_clip encoder for captions")
         device = next(self.model.parameters()).device
         return self.model.encode_text(self._tokenizer(captions).to(device))
+
+
+def _unreachable(spec: str, err: Exception) -> ZooError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ZooError(
+        f"the pretrained weights of {spec} could not be fetched ({first[:200]}). Offline, put them in the "
+        "Hugging Face cache first, name a local copy (open_clip: 'open_clip:<arch>@/path/to/weights.bin'; timm: "
+        "an 'hf-hub:org/name' id already in the cache), or build the encoder with pretrained=False"
+    )
 
 
 def freeze(module: nn.Module) -> nn.Module:

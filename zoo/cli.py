@@ -191,9 +191,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         ZooCLI(argv)
     except ZooError as err:
-        print(f"zoo: error: {err}", file=sys.stderr)
+        print(f"zoo: error: {_message(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _message(err: ZooError) -> str:
+    """The error's own line; a DataLoader worker wraps it in the worker's traceback, which is dropped."""
+    text = str(err)
+    if text.startswith("Caught ZooError"):
+        marker = "ZooError: "
+        return text[text.rindex(marker) + len(marker):].strip() if marker in text else text.splitlines()[-1]
+    return text
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ class ZooCLI(LightningCLI):
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         args = list(sys.argv[1:] if args is None else args)
         self._zoo_ckpt = _zoo_checkpoint(args)
+        ckpt = option(args, "--ckpt_path")
+        if self._zoo_ckpt is None and ckpt and Path(ckpt).is_file():
+            read_weights_only(ckpt)  # a file that holds code fails here in one line, not deep in Lightning
         args = prepare_args(args)
         model_class: Any = ZooModule
         self._built_from_ckpt = self._zoo_ckpt is not None and not _names_model(args)

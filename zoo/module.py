@@ -461,6 +461,10 @@ def convert_checkpoint(ckpt_path: str | Path, directory: str | Path) -> Path:
     if not isinstance(checkpoint, dict) or "zoo" not in checkpoint or "state_dict" not in checkpoint:
         raise ZooError(f"{ckpt_path} was not written by a ZooModule (no 'zoo' entry)")
     config = checkpoint["zoo"]
+    where = f"{ckpt_path} (its 'zoo' entry)"
+    if not isinstance(config, dict):
+        raise ZooError(f"{where} is not a mapping")
+    check_init_args(method_class(config, where), config.get("init_args", {}), where)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

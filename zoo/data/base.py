@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -39,6 +40,18 @@ _console = Console(stderr=True, soft_wrap=True)
 def report(message: str) -> None:
     """Tell the user about data that was left out (stderr, never wrapped, so paths stay whole)."""
     _console.print(message, markup=False, highlight=False)
+
+
+def read_csv(path: Path) -> Any:
+    """A CSV of strings (empty cells stay empty strings), or a ZooError naming the file and the problem."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise ZooError(f"{path}: not a readable CSV ({str(err).strip().splitlines()[0]})") from err
+    except OSError as err:
+        raise ZooError(f"{path}: cannot be read ({err.strerror or err})") from err
 
 
 def default_transform(size: int) -> Callable[[Image.Image], Tensor]:
@@ -80,8 +93,9 @@ class ZooDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
         image_size: the size of the default transform, when the method gives no transform of its own.
         max_pixels: images with more pixels are refused.
-        skip_bad_images: False (default): the first unreadable image stops the run with its path.
-            True: every image is checked at setup, unreadable ones are left out, counted and printed.
+        skip_bad_images: False (default): the first unreadable image stops the run with its path (or its
+            row). True: every image is checked at setup; missing, empty, truncated, corrupt or non-image
+            files, broken links and empty parquet cells are left out, counted and printed.
         seed: seed of any split the datamodule draws itself.
         perturb: degrade the test images as images suffer in the wild, for robustness rows:
             ``jpeg75`` (JPEG re-compression at quality 75) or ``half`` (resized to half size). The

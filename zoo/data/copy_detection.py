@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from zoo.data.base import PairRecord, ZooDataModule
+from zoo.data.base import PairRecord, ZooDataModule, read_csv
 from zoo.errors import ZooError
 
 DREP_COLUMNS = ("Name", "Level", "generated_images", "real_images")
@@ -28,21 +28,34 @@ def check_level(value: Any, where: str) -> int:
     return level
 
 
-def _image_bytes(cell: Any, where: str, column: str) -> bytes:
+def _image_bytes(cell: Any, where: str, column: str, strict: bool) -> bytes:
     # D-Rep stores images as a struct {"bytes", "path"} (Hugging Face datasets) or as raw bytes
     data = cell.get("bytes") if isinstance(cell, dict) else cell
     if not isinstance(data, bytes | bytearray) or not data:
-        raise ZooError(f"{where}: missing image in column {column!r}")
+        if strict:
+            raise ZooError(f"{where}: missing image in column {column!r}")
+        return b""  # left out by skip_bad_images, which counts and reports it
     return bytes(data)
 
 
-def read_drep_parquet(pattern: str) -> list[PairRecord]:
+def _check_ids(names: list[Any], shard: Path, seen: dict[str, str]) -> None:
+    for row, name in enumerate(names):
+        if name is None or (isinstance(name, float) and name != name) or str(name) == "":
+            raise ZooError(f"{shard} row {row}: empty Name; every pair needs a unique Name")
+        where = f"{shard} row {row}"
+        if str(name) in seen:
+            raise ZooError(f"{where}: Name {name!r} is also at {seen[str(name)]}; every pair needs a unique Name")
+        seen[str(name)] = where
+
+
+def read_drep_parquet(pattern: str, strict: bool = True) -> list[PairRecord]:
     """Pairs of every parquet shard matching ``pattern`` (a path, a folder or a glob)."""
     path = Path(pattern)
     shards = sorted(path.glob("*.parquet")) if path.is_dir() else sorted(Path(p) for p in glob.glob(pattern))
     if not shards:
         raise ZooError(f"no parquet shard matches {pattern!r}")
     records = []
+    seen: dict[str, str] = {}
     for shard in shards:
         try:
             frame = pd.read_parquet(shard)
@@ -51,25 +64,30 @@ def read_drep_parquet(pattern: str) -> list[PairRecord]:
         missing = [c for c in DREP_COLUMNS if c not in frame.columns]
         if missing:
             raise ZooError(f"{shard}: missing column(s) {', '.join(missing)}; D-Rep shards have {', '.join(DREP_COLUMNS)}")
+        _check_ids(list(frame["Name"]), shard, seen)
         for row, item in enumerate(frame.itertuples(index=False)):
             where = f"{shard} row {row} (Name={item.Name!r})"
             records.append(
                 PairRecord(
                     id=str(item.Name),
                     level=check_level(item.Level, where),
-                    generated=_image_bytes(item.generated_images, where, "generated_images"),
-                    real=_image_bytes(item.real_images, where, "real_images"),
+                    generated=_image_bytes(item.generated_images, where, "generated_images", strict),
+                    real=_image_bytes(item.real_images, where, "real_images", strict),
                 )
             )
     return records
 
 
-def read_pair_folder(folder: Path) -> list[PairRecord]:
-    """Pairs listed in ``folder/labels.csv`` (columns ``generated``, ``real``, ``level``, optional ``name``)."""
+def read_pair_folder(folder: Path, strict: bool = True) -> list[PairRecord]:
+    """Pairs listed in ``folder/labels.csv`` (columns ``generated``, ``real``, ``level``, optional ``name``).
+
+    ``strict``: a missing image stops with its row; otherwise the pair is kept for ``skip_bad_images`` to
+    count and report.
+    """
     labels = folder / "labels.csv"
     if not labels.is_file():
         raise ZooError(f"{labels} not found")
-    frame = pd.read_csv(labels, dtype=str, keep_default_na=False)
+    frame = read_csv(labels)
     missing = [c for c in ("generated", "real", "level") if c not in frame.columns]
     if missing:
         raise ZooError(f"{labels}: missing column(s) {', '.join(missing)}")
@@ -81,7 +99,7 @@ def read_pair_folder(folder: Path) -> list[PairRecord]:
             if not item[column]:
                 raise ZooError(f"{where}: missing image in column {column!r}")
             paths[column] = folder / item[column]
-            if not paths[column].is_file():
+            if strict and not paths[column].is_file():
                 raise ZooError(f"{where}: {column} image {paths[column]} not found")
         records.append(
             PairRecord(
@@ -137,7 +155,7 @@ class DRepParquet(_CopyDetectionData):
         self.paths = {"train": train, "val": val, "test": test}
 
     def read(self, split: str) -> list[PairRecord] | None:
-        return read_drep_parquet(self.paths[split]) if self.paths[split] else None
+        return read_drep_parquet(self.paths[split], strict=not self.skip_bad_images) if self.paths[split] else None
 
 
 class PairFolder(_CopyDetectionData):
@@ -155,4 +173,4 @@ class PairFolder(_CopyDetectionData):
 
     def read(self, split: str) -> list[PairRecord] | None:
         folder = self.root / split
-        return read_pair_folder(folder) if folder.is_dir() else None
+        return read_pair_folder(folder, strict=not self.skip_bad_images) if folder.is_dir() else None

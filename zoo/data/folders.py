@@ -9,9 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from zoo.data.base import ImageRecord, ZooDataModule, report
+from zoo.data.base import ImageRecord, ZooDataModule, read_csv, report
 from zoo.data.images import list_images
 from zoo.errors import ZooError
 
@@ -85,10 +83,16 @@ class ImageFolders(ZooDataModule):
         path = folder / "captions.csv"
         if not path.is_file():
             raise ZooError(f"captions were requested but {path} does not exist")
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = read_csv(path)
         for column in ("file", "caption"):
             if column not in frame.columns:
                 raise ZooError(f"{path}: captions were requested but the column {column!r} is missing")
+        empty = [f"row {row} ({name})" for row, (name, caption) in enumerate(zip(frame["file"], frame["caption"],
+                                                                                 strict=True), start=2)
+                 if not caption.strip()]
+        if empty:
+            report(f"{path}: {len(empty)} empty caption(s), e.g. {empty[0]}; those images are read with an empty "
+                   "caption")
         return dict(zip(frame["file"], frame["caption"], strict=True))
 
 

@@ -38,6 +38,8 @@ def open_image(source: str | Path | bytes, name: str | None = None, limits: Imag
         data = source
     else:
         path = Path(source)
+        if path.is_symlink() and not path.exists():
+            raise ZooError(f"{label}: broken or looping symbolic link")
         if not path.is_file():
             raise ZooError(f"{label}: image file not found")
         data = path.read_bytes()
@@ -82,9 +84,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Image files below ``folder`` (sorted) and the other files found there."""
+    """Image files below ``folder`` (sorted) and the other files found there.
+
+    A broken or looping symbolic link with an image's extension is listed as an image, so that reading it
+    fails with its path (or, with ``skip_bad_images``, is counted and reported) instead of vanishing.
+    """
     images, others = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() or (p.is_symlink() and not p.exists())):
         if path.name.startswith("."):
             others.append(path)
         elif path.suffix.lower() in IMAGE_SUFFIXES:

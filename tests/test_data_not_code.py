@@ -1,0 +1,217 @@
+"""A checkpoint is data, never code; every crash a user can cause is one clear line.
+
+Each poisoned file names code to run (a process that would write a marker file); the tests show that the
+marker is never written and that the user gets one ``zoo: error`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from test_hub import online, server  # noqa: F401 - the local Hub server and a client pointed at it
+
+from zoo import registry
+from zoo.cli import main
+from zoo.errors import ZooError
+from zoo.module import CONFIG_NAME, WEIGHTS_NAME, ZooModule, convert_checkpoint
+
+
+def assert_one_error_line(err: str, *messages: str) -> None:
+    errors = [line for line in err.splitlines() if line.startswith("zoo: error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    for message in messages:
+        assert message in errors[0], err
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny DescriptorSimilarity checkpoint (its ``model_kwargs`` is a dict-typed argument)."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny") / "ckpt"
+    return registry.methods.load("DescriptorSimilarity").from_variant("tiny").save_pretrained(folder)
+
+
+def poisoned_copy(tiny, tmp_path, marker, **init_args):
+    folder = tmp_path / "poisoned"
+    folder.mkdir()
+    (folder / WEIGHTS_NAME).write_bytes((tiny / WEIGHTS_NAME).read_bytes())
+    config = json.loads((tiny / CONFIG_NAME).read_text())
+    config["init_args"].update(init_args or {"model_kwargs": {"x": {
+        "class_path": "subprocess.Popen", "init_args": {"args": ["touch", str(marker)]}}}})
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("command", ["test", "predict", "from_pretrained"])
+def test_a_nested_class_path_in_config_json_is_refused(command, tiny, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    folder = poisoned_copy(tiny, tmp_path, marker)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("generated,real\na.png,a.png\n")
+    if command == "from_pretrained":
+        with pytest.raises(ZooError, match="may not name code to import"):
+            ZooModule.from_pretrained(folder)
+    else:
+        argv = {"test": ["test", "--ckpt_path", str(folder), "--data", "MiniCopyDetection"],
+                "predict": ["predict", "--ckpt_path", str(folder), "--pairs", str(pairs)]}[command]
+        assert main(argv) == 2
+        assert_one_error_line(capsys.readouterr().err, "'model_kwargs'", "may not name code to import")
+    assert not marker.exists()
+
+
+def test_a_poisoned_checkpoint_on_the_hub_is_refused(tiny, tmp_path, capsys, request):
+    hub = request.getfixturevalue("server")
+    request.getfixturevalue("online")
+    marker = tmp_path / "pwned"
+    folder = poisoned_copy(tiny, tmp_path, marker)
+    hub.add_commit("model", "someone/poisoned", "main",
+                      {name: (folder / name).read_bytes() for name in (CONFIG_NAME, WEIGHTS_NAME)}, "upload")
+    (tmp_path / "a.png").write_bytes(b"")
+    assert main(["predict", "--ckpt_path", "hf-hub:someone/poisoned", "--inputs", str(tmp_path / "a.png"),
+                 str(tmp_path / "a.png"), "--output", str(tmp_path / "p.csv")]) == 2
+    assert_one_error_line(capsys.readouterr().err, "may not name code to import")
+    assert main(["test", "--ckpt_path", "hf-hub:someone/poisoned", "--data", "MiniCopyDetection"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "may not name code to import")
+    assert not marker.exists()
+
+
+class _Marker:
+    """Unpickling this object would create a file: what a malicious .ckpt does."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_lightning_ckpt_that_holds_code_is_refused(tiny, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    model = ZooModule.from_pretrained(tiny)
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": model.state_dict(), "zoo": model.zoo_config(), "extra": _Marker(marker)}, ckpt,
+               pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    assert main(["test", "--model", "DescriptorSimilarity", "--variant", "tiny", "--data", "MiniCopyDetection",
+                 "--ckpt_path", str(ckpt)]) == 2
+    assert_one_error_line(capsys.readouterr().err, "evil.ckpt cannot be read as a weights-only checkpoint")
+    with pytest.raises(ZooError, match="weights-only"):
+        convert_checkpoint(ckpt, tmp_path / "out")
+    assert not marker.exists()
+
+
+def test_convert_refuses_a_ckpt_whose_config_names_code(tiny, tmp_path):
+    model = ZooModule.from_pretrained(tiny)
+    config = model.zoo_config()
+    config["init_args"]["model_kwargs"] = {"class_path": "os.system", "init_args": {"command": "true"}}
+    torch.save({"state_dict": model.state_dict(), "zoo": config}, tmp_path / "run.ckpt")
+    with pytest.raises(ZooError, match="may not name code to import"):
+        convert_checkpoint(tmp_path / "run.ckpt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("break_it", "message"), [
+    (lambda f: (f / WEIGHTS_NAME).unlink(), "has no model.safetensors"),
+    (lambda f: (f / WEIGHTS_NAME).write_bytes((f / WEIGHTS_NAME).read_bytes()[:1000]), "truncated or corrupt"),
+    (lambda f: (f / CONFIG_NAME).write_text(json.dumps({**json.loads((f / CONFIG_NAME).read_text()),
+                                                         "init_args": {"lr": 0.1}})), "'lr' is not an argument"),
+    (lambda f: (f / CONFIG_NAME).write_text(json.dumps({"name": "os.system", "init_args": {}})),
+     "must be the registry name of a method"),
+])
+def test_a_broken_checkpoint_folder_is_one_line(break_it, message, tiny, tmp_path, capsys):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        (folder / name).write_bytes((tiny / name).read_bytes())
+    break_it(folder)
+    assert main(["test", "--ckpt_path", str(folder), "--data", "MiniCopyDetection"]) == 2
+    assert_one_error_line(capsys.readouterr().err, message)
+
+
+def test_yaml_syntax_error_in_a_config_names_the_line(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  class_path: PDFEmbedding\n  init_args: {lr: 0.1\n")
+    assert main(["fit", "--config", str(config)]) == 2
+    assert_one_error_line(capsys.readouterr().err, "bad.yaml line", "not valid YAML")
+
+
+def test_unparsable_labels_and_captions_are_one_line(tmp_path, capsys):
+    split = tmp_path / "pairs" / "test"
+    split.mkdir(parents=True)
+    (split / "labels.csv").write_bytes(b"generated,real,level\n\xff\xfe,\x00,1\n")
+    assert main(["test", "--model", "DescriptorSimilarity", "--variant", "tiny", "--data", "PairFolder",
+                 "--data.root", str(tmp_path / "pairs")]) == 2
+    assert_one_error_line(capsys.readouterr().err, "labels.csv: not a readable CSV")
+    from zoo.data.folders import FakeImageFolders
+
+    for name in ("real", "gen"):
+        (tmp_path / "fake" / "test" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "fake" / "test" / name / "a.png")
+    (tmp_path / "fake" / "test" / "captions.csv").write_text('file,caption\n"real/a.png,unclosed\n')
+    with pytest.raises(ZooError, match="captions.csv: not a readable CSV"):
+        FakeImageFolders(str(tmp_path / "fake"), generators=["gen"], captions=True).setup()
+
+
+def test_a_bad_image_read_by_a_worker_is_one_line(tmp_path, capsys):
+    for name in ("real", "gen"):
+        (tmp_path / "test" / name).mkdir(parents=True)
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "test" / "real" / "a.png")
+    (tmp_path / "test" / "gen" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert main(["test", "--model", "CNNDetector", "--variant", "tiny", "--data", "FakeImageFolders",
+                 "--data.root", str(tmp_path), "--data.generators", "[gen]", "--data.num_workers", "1",
+                 "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "b.png: not an image file PIL can read")
+
+
+def test_broken_links_in_a_folder_layout_are_counted_not_dropped(tmp_path, capsys):
+    from zoo.data.folders import FakeImageFolders
+
+    for name in ("real", "gen"):
+        (tmp_path / "test" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "test" / name / "a.png")
+    os.symlink(tmp_path / "nowhere.png", tmp_path / "test" / "gen" / "b.png")
+    os.symlink(tmp_path / "test" / "gen" / "loop.png", tmp_path / "test" / "gen" / "loop.png")
+    strict = FakeImageFolders(str(tmp_path), generators=["gen"])
+    strict.setup()
+    with pytest.raises(ZooError, match="b.png: broken or looping symbolic link"):
+        next(iter(strict.test_dataloader()))
+    lenient = FakeImageFolders(str(tmp_path), generators=["gen"], skip_bad_images=True)
+    lenient.setup()
+    assert len(lenient.splits["test"]) == 2 and len(lenient.skipped["test"]) == 2
+    assert "skipped 2 of 4 test samples" in capsys.readouterr().err
+
+
+def test_drep_ids_must_be_unique_and_empty_cells_are_skipped_when_asked(tmp_path, capsys):
+    from zoo.data.copy_detection import DRepParquet, read_drep_parquet
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    data = image.read_bytes()
+    frame = pd.DataFrame({"Name": ["p1", "p2", "p1"], "Level": [1, 2, 3], "generated_images": [data, data, data],
+                          "real_images": [data, data, data]})
+    frame.to_parquet(tmp_path / "dup.parquet")
+    with pytest.raises(ZooError, match="row 2: Name 'p1' is also at .*row 0"):
+        read_drep_parquet(str(tmp_path / "dup.parquet"))
+    frame.assign(Name=["p1", None, "p3"]).to_parquet(tmp_path / "null.parquet")
+    with pytest.raises(ZooError, match="row 1: empty Name"):
+        read_drep_parquet(str(tmp_path / "null.parquet"))
+    frame.assign(Name=["p1", "p2", "p3"], real_images=[data, b"", data]).to_parquet(tmp_path / "test.parquet")
+    dm = DRepParquet(test=str(tmp_path / "test.parquet"), skip_bad_images=True)
+    dm.setup()
+    assert [r.id for r in dm.splits["test"]] == ["p1", "p3"]
+    assert "p2 (real): empty file" in capsys.readouterr().err
+
+
+def test_an_unreachable_pretrained_encoder_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert main(["predict", "--model", "DescriptorSimilarity", "--variant", "clip_vit_b32", "--inputs", "a", "b"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "pretrained weights of open_clip:ViT-B-32@openai could not be "
+                          "fetched")
