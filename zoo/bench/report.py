@@ -171,9 +171,10 @@ def _copy_rows(task: str, setting: str, label: str, runs: list[dict[str, Any]],
     true = [_column(p, "true_level") for p in preds]
     if all(r is not None for r in raw) and all(t is not None for t in true):
         scorers = [stats.level_scorer(5 * np.clip(r, 0, 1), t) for r, t in zip(raw, true, strict=True)]
+        # the unfitted map uses no label: only the labels of the descriptor's training, if it trained
         rows.append(_row(task, setting, f"{label} · raw", "derived", runs,
                          [stats.point(s, len(p)) for s, p in zip(scorers, preds, strict=True)], scorers, preds,
-                         runs[0].get("train_size")))
+                         runs[0].get("train_size") if runs[0].get("trains") else 0))
     scorers, train_size = [], None
     for run, p in zip(runs, preds, strict=True):
         train = read_predictions(output, run, TRAIN_PREDICTIONS_NAME)
@@ -384,7 +385,7 @@ def print_tables(boards: dict[str, dict[str, Any]], console: Any) -> None:
         for column in ("method", *(["setting"] if several else []), *COST_HEADERS):
             cost.add_column(column, justify="left" if column in ("method", "setting") else "right", overflow="fold")
         for row in board["rows"]:
-            if row["kind"] == "method":
+            if row["kind"] != CHANCE:  # a derived row costs what its job did, with its own labels
                 cost.add_row(row["label"], *([row["setting"]] if several else []), *_cost_cells(row))
         console.print(cost)
 
@@ -452,7 +453,7 @@ def _readme(suite_name: str, boards: dict[str, dict[str, Any]], results: list[di
             lines += [f"Against each negative source ({task}):", ""]
             lines += _md_table(["method", *(["setting"] if several else []), "negatives", *names], body)
         body = [[row["label"], *([row["setting"]] if several else []), *_cost_cells(row)]
-                for row in board["rows"] if row["kind"] == "method"]
+                for row in board["rows"] if row["kind"] != CHANCE]
         lines += ["Cost per seed (mean over seeds):", ""]
         lines += _md_table(["method", *(["setting"] if several else []), *COST_HEADERS], body)
     used = [m for board in boards.values() for m in board["metrics"]]
