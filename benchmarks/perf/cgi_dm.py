@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "batched": batched,
         "released_style": released,
         "levers": lever_table(cases) if cases else [],
-        "cases": list(cases.values()),
+        "cases": cases,
     }
     return perf.write_result(args.out, "cgi_dm", figures, ratio=released["s_per_image"] / batched["s_per_image"],
                              mfu=batched["mfu"], mfu_datasheet=batched["mfu_datasheet"],
