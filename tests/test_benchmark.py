@@ -201,6 +201,9 @@ def test_interrupted_benchmark_resumes_without_rerunning_finished_jobs(plugins, 
                                      "methods": ["ImageStatsDetector"], "trainer": {"max_epochs": 1}}},
     })
     out = tmp_path / "report"
+    from zoo.data import mini
+
+    mini.ensure("fake_detection")  # built once and cached, so that the killed run is killed inside its jobs
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")])}
     # what the `zoo` console script runs
     command = [sys.executable, "-c", "import sys; from zoo.cli import main; sys.exit(main())"]
