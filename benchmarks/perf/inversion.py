@@ -76,7 +76,7 @@ def flops_per_image_iteration(generator: DDIMGenerator) -> float:
     The weights are frozen, so the backward computes input gradients only. Counted without gradient
     checkpointing: its recomputation is not model work.
     """
-    device = generator.context.device if generator.context is not None else next(generator.parameters()).device
+    device = next(generator.parameters()).device
     checkpointing, generator.gradient_checkpointing = generator.gradient_checkpointing, False
     z = generator.sample_input(1).to(device).requires_grad_(True)
 
