@@ -26,6 +26,7 @@ QUIET = (
     r".*tensorboardX.*",  # the CSV/TensorBoard logger choice is the user's
     r".*log_every_n_steps.*",  # the mini sets have few batches per epoch by design
     r".*does not have many workers.*",  # num_workers is a datamodule argument the user sets
+    r".*No seed found, seed set to.*",  # said again on the next line, "Seed set to 0"
 )
 
 
