@@ -107,12 +107,13 @@ def test_ivfpq_index_and_query_embeddings_reused(mini_gallery: dict[str, Path], 
     trainer = {"accelerator": "cpu", "enable_progress_bar": False}
     out = gallery.embed(mini_gallery["gallery"], tmp_path / "g", method, shard_size=25, batch_size=16,
                         dtype="float32", trainer=trainer)
-    gallery.build_index(out, "ivfpq", nlist=2, pq_m=8, pq_bits=4, train_size=60, nprobe=2)
+    # fast-scan PQ; more probes asked than there are lists (fast-scan then returns wrong neighbours)
+    gallery.build_index(out, "ivfpq", nlist=2, pq_m=8, pq_bits=4, train_size=60, nprobe=16)
     info = json.loads((out / "index.json").read_text())
-    assert info["type"] == "ivfpq" and info["count"] == 60 and info["nlist"] == 2
+    assert info["type"] == "ivfpq" and info["count"] == 60 and info["nlist"] == 2 and info["nprobe"] == 2
     queries = gallery.embed(mini_gallery["copier"], tmp_path / "q", method, shard_size=25, dtype="float32",
                             trainer=trainer)
-    report = gallery.match(out, {"copier": queries}, tmp_path / "r", k=4, trainer=trainer)
+    report = gallery.match(out, {"copier": queries}, tmp_path / "r", k=4, nprobe=8, trainer=trainer)
     assert report["generators"]["copier"]["replication_ratio"] > 0.3
 
 
@@ -250,10 +251,11 @@ def test_scale_benchmark_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     result = tmp_path / "scale.json"
     script = ROOT / "benchmarks" / "perf" / "gallery_scale.py"
     monkeypatch.setattr(sys, "argv", [
-        str(script), "--gallery", "6000", "--queries", "300", "--dim", "32", "--latent", "8", "--clusters", "50",
-        "--shard_size", "2000", "--nlist", "16", "--pq_m", "16", "--pq_bits", "8", "--recall_queries", "100", "--threads", "1",
-        "--embed_images", "6", "--embed_model", METHOD, "--embed_variant", "tiny", "--embed_args", "{}",
-        "--embed_batch", "3", "--embed_workers", "0", "--workdir", str(tmp_path / "w"), "--out", str(result),
+        str(script), "--gallery", "3000", "--queries", "200", "--dim", "64", "--latent", "8", "--clusters", "50",
+        "--shard_size", "1000", "--nlist", "8", "--pq_m", "32", "--recall_queries", "100", "--threads", "1",
+        "--embed_images", "4", "--embed_image_size", "64", "--embed_model", METHOD, "--embed_variant", "tiny",
+        "--embed_args", "{}", "--embed_batch", "2", "--embed_workers", "0", "--workdir", str(tmp_path / "w"),
+        "--out", str(result),
     ])
     threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
     try:  # in this process: a subprocess would spend most of its time importing torch
@@ -262,16 +264,17 @@ def test_scale_benchmark_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         torch.set_num_threads(threads)
         faiss.omp_set_num_threads(faiss_threads)
     figures = json.loads(result.read_text())["figures"]
-    assert figures["gallery"] == 6000 and figures["index"] == "IVF16,PQ16x8" and figures["train_size"] == 6000
+    assert figures["gallery"] == 3000 and figures["index"] == "IVF8,PQ32x4fsr" and figures["nprobe"] == 8
     assert figures["index_seconds"] > 0 and figures["search_seconds"] > 0 and figures["peak_rss_gb_indexing"] > 0
     recall = figures["recall"]
     assert set(recall) == {"clustered", "near-dup@0.1", "near-dup@0.3", "near-dup@0.6"}
     for name, found in recall.items():
         assert 0.0 <= found["recall@1"] <= found["recall@10"] <= 1.0, name
     # a near-duplicate's nearest neighbour is its source, which the index finds among its 10 candidates
-    assert recall["near-dup@0.1"]["recall@10"] >= 0.95 and recall["near-dup@0.1"]["recall@1"] >= 0.8
+    assert recall["near-dup@0.1"]["recall@10"] >= 0.95
+    assert recall["near-dup@0.1"]["recall@1"] > recall["clustered"]["recall@1"]
     embed = figures["embed"]
-    assert embed["images"] == 6 and embed["zoo_embed_seconds_workers0"] > 0 < embed["plain_forward_seconds"]
+    assert embed["images"] == 4 and embed["zoo_embed_seconds_workers0"] > 0 < embed["plain_forward_seconds"]
     assert "zoo_overhead_workers0" in embed
 
 

@@ -105,6 +105,7 @@ def build_index(gallery: str | Path, index_type: str = "auto", flat_max: int = 2
         ivf = faiss.extract_index_ivf(index)
         ivf.cp.seed = seed
         index.train(_sample(gallery, manifest, size, seed))
+        nprobe = min(nprobe, nlist)  # more probes than lists makes fast-scan PQ return wrong neighbours
         ivf.nprobe = nprobe
         params.update(nlist=nlist, nprobe=nprobe, train_size=size)
         if kind == "ivfpq":
@@ -142,7 +143,8 @@ def read_index(gallery: Path, manifest: Mapping[str, Any], nprobe: int | None = 
     except RuntimeError as err:
         raise ZooError(f"{gallery / INDEX_FILE} cannot be read (corrupt?); run `zoo index` again") from err
     if nprobe is not None and info.get("type") != "flat":
-        faiss.extract_index_ivf(index).nprobe = nprobe
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = min(nprobe, ivf.nlist)
     return index, info
 
 
