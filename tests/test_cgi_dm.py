@@ -378,7 +378,7 @@ def test_image_transform_resizes_the_shorter_side_and_crops_the_centre(mini_mode
                   encoder_pretrained=False, **TINY_PGD)
     size = model.image_size
     image = Image.new("RGB", (3 * size, 2 * size), (0, 0, 255))
-    image.paste((255, 0, 0), (0, 0, size // 2, 2 * size))  # a red band on the left, outside the centre square
+    image.paste((255, 0, 0), (0, 0, size // 4, 2 * size))  # a red band on the left, outside the centre square
     out = model.image_transform()(image)
     assert out.shape == (3, size, size)
     torch.testing.assert_close(out[:, size // 2, size // 2], torch.tensor([0.0, 0.0, 1.0]))

@@ -369,7 +369,7 @@ def test_perf_script_runs_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     # the CPU of a shared machine gives noisy rates, so MFU is checked for its definition, not its size
     assert math.isclose(result["mfu"], figures["model_tflops"] / figures["matmul_peak_tflops"])
     assert result["mfu"] > 0 and figures["gflops_per_image"] > 0
-    assert result["targets"] == {"mfu": 0.4, "ratio": 50.0}
+    assert result["targets"] == {"mfu": 0.45, "ratio": 50.0}
 
 
 def test_init_from_a_single_token_pretrained_vit(monkeypatch: pytest.MonkeyPatch) -> None:
