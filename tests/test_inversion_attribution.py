@@ -187,7 +187,8 @@ def test_end_to_end_on_the_mini_suite(mini_root: Path, tmp_path: Path) -> None:
         assert results[f"test/{source}/auroc_raw"] >= 0.9
         assert results[f"test/{source}/auroc_calibrated"] >= 0.9
         assert results[f"test/{source}/acc"] >= 0.75
-    assert results["test/acc"] >= 0.75
+    # the sibling (same family, same photos, another seed) is the hard negative: ranked above chance
+    assert results["test/sibling/auroc_raw"] >= 0.7
     # the calibration travels with the saved method; the generator is reloaded from its spec
     loaded = InversionAttribution.from_pretrained(model.save_pretrained(tmp_path / "export"))
     assert torch.equal(loaded.belonging.mean, model.belonging.mean)
