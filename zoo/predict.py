@@ -8,7 +8,8 @@ The columns are the task's prediction schema in units a person reads:
     fake_detection  score (probability generated, the sigmoid of the method's logit), logit, decision,
                     verdict, threshold (as a probability)
     copy_detection  level (the method's point prediction), level_argmax and level_expected (read from the
-                    six-level PDF), pdf_0 .. pdf_5, similarity, where the method gives them
+                    six-level PDF; 5 where the method flags an exact copy), pdf_0 .. pdf_5, similarity, where
+                    the method gives them
     attribution     score, loss, p_value, decision, verdict
     copyright       score, decision, verdict, threshold, artifact (the original / masked / recovered picture)
 Any other prediction a method returns is written too.
@@ -306,13 +307,20 @@ def readable(model: Any, pred: dict[str, Any], size: int) -> list[dict[str, Any]
             columns["threshold"] = [threshold] * size
     elif "pdf" in pred:
         pdf = pred["pdf"].detach().float().cpu()
-        columns["level_argmax"] = pdf.argmax(dim=1).tolist()
-        columns["level_expected"] = (pdf @ torch.arange(pdf.shape[1], dtype=pdf.dtype)).tolist()
+        argmax = pdf.argmax(dim=1)
+        expected = pdf @ torch.arange(pdf.shape[1], dtype=pdf.dtype)
+        if "exact_copy" in pred:  # the method's rule for identical images overrides their flat PDF
+            exact = pred["exact_copy"].detach().cpu().bool()
+            argmax = torch.where(exact, torch.full_like(argmax, pdf.shape[1] - 1), argmax)
+            expected = torch.where(exact, torch.full_like(expected, pdf.shape[1] - 1), expected)
+        columns["level_argmax"] = argmax.tolist()
+        columns["level_expected"] = expected.tolist()
     order = [*(c for c in _FIRST if c in columns), *(c for c in columns if c not in _FIRST)]
     return [{c: columns[c][j] for c in order} for j in range(size)]
 
 
-_FIRST = ("score", "logit", "decision", "verdict", "threshold", "level", "level_argmax", "level_expected")
+_FIRST = ("score", "logit", "decision", "verdict", "threshold", "level", "level_argmax", "level_expected",
+          "similarity", "exact_copy")
 
 
 def _input_columns(item: Item, pairs: bool) -> dict[str, str]:

@@ -152,6 +152,7 @@ class PDFEmbedding(ZooModule):
                 level = pdf @ torch.arange(NUM_LEVELS, device=pdf.device, dtype=pdf.dtype)
         out["level"] = torch.where(exact, torch.full_like(level, MAX_LEVEL), level)
         out["exact_copy"] = exact.long()
+        out["similarity"] = sims.float().mean(dim=1)  # the mean of the six token cosines (= the descriptors' dot)
         return out
 
     def predict_batch(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
