@@ -60,6 +60,14 @@ class ExportOnFitEnd(Callback):
             print(f"zoo: exported {type(pl_module).__name__} to {path}", file=sys.stderr)
 
 
+_from_checkpoint: list[ZooModule] = []
+
+
+def checkpoint_model() -> ZooModule:
+    """The method built from the zoo checkpoint of the running command (LightningCLI's model factory)."""
+    return _from_checkpoint[-1]
+
+
 class ZooCLI(LightningCLI):
     """LightningCLI over every registered method and datamodule."""
 
@@ -74,10 +82,8 @@ class ZooCLI(LightningCLI):
         self._built_from_ckpt = self._zoo_ckpt is not None and not _names_model(args)
         if self._built_from_ckpt:
             # the checkpoint is data: its method is built by the registry, weights loaded, before parsing
-            model = load_folder(self._zoo_ckpt)
-
-            def model_class() -> ZooModule:
-                return model
+            _from_checkpoint[:] = [load_folder(self._zoo_ckpt)]
+            model_class = checkpoint_model
 
         kwargs.setdefault("trainer_defaults", {"callbacks": [ExportOnFitEnd()]})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -156,7 +162,8 @@ def _zoo_checkpoint(args: list[str]) -> Path | None:
         return None
     from zoo import hub
 
-    if value.startswith(hub.HUB_PREFIX) or Path(value).is_dir() or value in hub.known_checkpoints():
+    if (value.startswith(hub.HUB_PREFIX) or Path(value).is_dir() or value in hub.known_checkpoints()
+            or hub.looks_like_repo_id(value)):
         return hub.resolve(value)
     return None
 
