@@ -350,7 +350,7 @@ def write_predictions(frame: Any, output: str | Path) -> Path:
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".csv":
-            frame.to_csv(tmp, index=False)
+            frame.to_csv(tmp, index=False, float_format="%.6g")  # float32 precision, not float64 noise
         elif suffix == ".jsonl":
             records = frame.astype(object).where(frame.notna(), None).to_dict("records")
             tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
