@@ -227,6 +227,9 @@ def prepare_args(args: list[str]) -> list[str]:
             raise ZooError(f"{model} has no variant {variant!r}; its variants are {', '.join(cls.variants) or 'none'}")
         spec = {"class_path": registry.methods.get(model).class_path, "init_args": cls.variants[variant]}
         args = [json.dumps(spec) if (a == model and i and args[i - 1] == "--model") else a for i, a in enumerate(args)]
+        if variant == "tiny":  # the tiny variant's own budget (e.g. a few epochs), before the user's flags
+            defaults = [f"--trainer.{k}={json.dumps(v)}" for k, v in cls.tiny_trainer.items()]
+            args = [*args[:1], *defaults, *args[1:]]
     return args
 
 
