@@ -116,3 +116,41 @@ def test_a_method_deciding_by_its_own_rule_is_not_recalibrated(detector):
     fast_trainer(max_epochs=1).fit(own_rule, MiniFakeDetection())
     assert float(own_rule.threshold) == ZooModule.default_threshold
     assert "test/threshold" not in fast_trainer().test(own_rule, MiniFakeDetection())[0]
+
+
+def test_fit_exports_the_best_checkpoint_not_the_last_epoch(tmp_path):
+    """A run that early-stops or keeps its best checkpoint ships that checkpoint."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+    from safetensors.torch import load_file
+
+    from zoo import registry
+    from zoo.lightning_cli import ExportOnFitEnd
+    from zoo.module import read_weights_only
+
+    class FirstEpochIsBest(pl.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            pl_module.log("order", float(trainer.current_epoch))
+
+    torch.manual_seed(0)
+    model = registry.methods.load("CNNDetector").from_variant("tiny")
+    data = registry.datamodules.load("MiniFakeDetection")(batch_size=8)
+    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="order", mode="min", save_top_k=1)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=2, limit_val_batches=1,
+                         logger=CSVLogger(tmp_path), callbacks=[FirstEpochIsBest(), best, ExportOnFitEnd()],
+                         enable_progress_bar=False, enable_model_summary=False)
+    last = None
+
+    class KeepLast(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            nonlocal last
+            last = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    trainer.callbacks.insert(0, KeepLast())
+    trainer.fit(model, datamodule=data)
+    assert "epoch=0" in best.best_model_path
+    exported = load_file(str(tmp_path / "lightning_logs" / "version_0" / "zoo" / "model.safetensors"))
+    first = read_weights_only(best.best_model_path)["state_dict"]
+    assert all(torch.equal(exported[k], first[k]) for k in exported)
+    assert any(not torch.equal(exported[k], last[k]) for k in exported), "the last epoch differs from the best"
