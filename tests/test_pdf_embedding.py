@@ -181,7 +181,7 @@ def test_regression_variant_predicts_a_scalar() -> None:
     model = PDFEmbedding.from_variant("tiny", target="regression").eval()
     with torch.no_grad():
         out = model.predict_batch({"generated": torch.randn(3, 3, 32, 32), "real": torch.randn(3, 3, 32, 32)})
-    assert set(out) == {"level", "exact_copy"} and out["level"].shape == (3,)
+    assert set(out) == {"level", "exact_copy", "similarity"} and out["level"].shape == (3,)
     assert ((out["level"] >= 0) & (out["level"] <= 5)).all()
 
 
