@@ -209,6 +209,25 @@ def test_nan_image_in_a_batch_warns_with_its_name_and_others_are_scored(mini_mod
     assert torch.isfinite(scores).all() and scores[1] == -1.0 and (scores[[0, 2]] > -1.0).all()
 
 
+def test_pixel_score_is_minus_the_squared_error_to_the_recovered_image_and_can_be_the_score(mini_models, test_batch):
+    from zoo_cgi_dm.lightning_model import CGIDM
+
+    from zoo.errors import ZooError
+
+    batch = {k: v[:4] for k, v in test_batch.items()}
+    pred = CGIDM.from_variant("tiny", **TINY_PGD, score="pixel").predict_batch(batch)
+    # the same seed recovers the same images
+    recovered = CGIDM.from_variant("tiny", **TINY_PGD).invert(batch["image"], list(batch["source"]), list(batch["id"])).recovered_images
+    expected = -(batch["image"] - recovered).square().flatten(1).mean(1)
+    torch.testing.assert_close(pred["pixel_score"], expected)
+    assert torch.equal(pred["score"], pred["pixel_score"]) and (pred["pixel_score"] < 0).all()
+    encoder = CGIDM.from_variant("tiny", **TINY_PGD).predict_batch(batch)
+    assert torch.equal(encoder["score"], encoder["encoder_score"])
+    assert not torch.equal(encoder["score"], encoder["pixel_score"])
+    with pytest.raises(ZooError, match="score='ssim'"):
+        CGIDM.from_variant("tiny", score="ssim")
+
+
 @pytest.mark.parametrize("config", ["mini.yaml", "mini_lora.yaml"])
 def test_zoo_test_runs_end_to_end_and_reports_auroc_and_accuracy(mini_models, tmp_path, config):
     from zoo.cli import main

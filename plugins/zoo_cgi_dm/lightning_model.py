@@ -14,6 +14,7 @@ from zoo.module import ZooModule
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SCORE_RULES = ("pair", "max")
+SCORES = ("encoder", "pixel")
 ARTIFACT_SIZE = 128
 
 
@@ -37,6 +38,10 @@ class CGIDM(ZooModule):
             last 4 blocks (the released DINO scoring, 1536-d for ViT-S/16).
         score_rule: ``pair`` (similarity to the own recovered image) or ``max`` (paper's set rule: maximum
             similarity over all recovered images of the same set, i.e. same ``source``, in the batch).
+        score: ``encoder`` (paper: the scoring encoder's similarity, see ``score_rule``) or ``pixel`` (minus
+            the mean squared error between the suspect and its recovered image over the whole image, in
+            [0, 1] units; for a pixel-space model the kept half is the original, so this ranks as the error
+            over the recovered half). Predictions carry both as ``encoder_score`` and ``pixel_score``.
         radius, step_size, steps, clip, shared_noise, timesteps_per_step: PGD, see ``ContrastingGradientInversion``.
         precision: UNet dtype on CUDA, ``bf16`` or ``fp16`` (always fp32 on the CPU).
         image_size: the resolution of the diffusion model's images; None: UNet sample size x VAE factor.
@@ -69,6 +74,7 @@ class CGIDM(ZooModule):
         encoder_kwargs: dict[str, Any] | None = None,
         encoder_blocks: int = 1,  # released code: CLIP's output; DINO: class tokens of the last 4 blocks
         score_rule: str = "pair",
+        score: str = "encoder",
         radius: float = 70.0,  # released code: L2 radius 70
         step_size: float = 2.0,  # released code: L2 step 2.0
         steps: int = 1000,  # released code: 1000 PGD steps
@@ -89,10 +95,13 @@ class CGIDM(ZooModule):
             raise ZooError(f"CGIDM finetune_type={finetune_type!r}: choose 'full' or 'lora'")
         if score_rule not in SCORE_RULES:
             raise ZooError(f"CGIDM score_rule={score_rule!r}: choose one of {', '.join(SCORE_RULES)}")
+        if score not in SCORES:
+            raise ZooError(f"CGIDM score={score!r}: choose one of {', '.join(SCORES)}")
         if precision not in PRECISIONS:
             raise ZooError(f"CGIDM precision={precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.prompt, self.prompts = prompt, dict(prompts or {})
-        self.score_rule, self.precision, self.seed, self.save_artifacts = score_rule, precision, seed, save_artifacts
+        self.score_rule, self.score, self.precision = score_rule, score, precision
+        self.seed, self.save_artifacts = seed, save_artifacts
         self._build_inverter(pretrained, finetuned, finetune_type, dict(
             radius=radius, step_size=step_size, steps=steps, clip=clip, shared_noise=shared_noise,
             timesteps_per_step=timesteps_per_step))
@@ -182,12 +191,18 @@ class CGIDM(ZooModule):
         sources = list(batch.get("source") or [""] * len(names))
         result = self.invert(images, sources, names)
         with torch.inference_mode(False), torch.no_grad():
-            scores = self.scorer(images.clone(), result.recovered_images,
-                                 groups=sources if self.score_rule == "max" else None)
-        for i in torch.nonzero(~torch.isfinite(scores)).flatten().tolist():
+            encoder = self.scorer(images.clone(), result.recovered_images,
+                                  groups=sources if self.score_rule == "max" else None).float()
+            recovered = result.recovered_images.to(images.device)
+            pixel = -(images.float().clamp(0, 1) - recovered.float()).square().flatten(1).mean(1)
+        both = {"encoder": encoder, "pixel": pixel}
+        for i in torch.nonzero(~torch.isfinite(both[self.score])).flatten().tolist():
             warnings.warn(f"{names[i]}: CGI-DM score is not finite (the image holds NaN or inf); scored -1",
                           RuntimeWarning, stacklevel=2)
-        pred: dict[str, Any] = {"score": torch.nan_to_num(scores.float(), nan=-1.0, posinf=-1.0, neginf=-1.0)}
+        # the encoder's similarity lies in [-1, 1] and minus a squared error in [-1, 0]: -1 is the worst of both
+        both = {k: torch.nan_to_num(v, nan=-1.0, posinf=-1.0, neginf=-1.0) for k, v in both.items()}
+        pred: dict[str, Any] = {"score": both[self.score], "encoder_score": both["encoder"],
+                                "pixel_score": both["pixel"]}
         written = self._write_artifacts(images, result, sources, names)
         if written:
             pred["artifact"] = written
