@@ -243,7 +243,7 @@ def test_sscd_released_files_convert_without_running_their_code(tmp_path, monkey
 
     tiny = SSCD.variants["tiny"]
     torch.manual_seed(0)
-    backbone = timm.create_model("resnet18", num_classes=tiny["dim"], **tiny["trunk_kwargs"])
+    backbone = timm.create_model("resnet18", num_classes=tiny["dim"], **tiny["encoder_kwargs"])
     backbone.global_pool = _GeM(3.0)
     released = _ReleasedSSCD(backbone).eval()
     with torch.no_grad():  # non-trivial batch-norm statistics

@@ -116,7 +116,7 @@ def test_pos_weight_is_real_over_generated_of_the_train_split() -> None:
     assert model.train_pos_weight == 2.5
 
 
-def test_feature_cache_is_reused_and_invalidated_when_the_backbone_changes(tmp_path: Path) -> None:
+def test_feature_cache_is_reused_and_invalidated_when_the_encoder_changes(tmp_path: Path) -> None:
     cache = tmp_path / "features"
     sizes = MiniFakeDetection(generators=["upsampler"]).sizes()
 
@@ -142,7 +142,7 @@ def test_feature_cache_is_reused_and_invalidated_when_the_backbone_changes(tmp_p
         cached = second.image_features(batch)
         assert calls.images == 0
         assert torch.allclose(cached, second.net.image_features(batch["image"]), atol=1e-5)
-    # another pre-processing (image size) and other weights are another backbone: encoded again, new file
+    # another pre-processing (image size) and other weights are another encoder: encoded again, new file
     _, calls = fit(image_size=48)
     assert calls.images == sizes["train"] + sizes["val"]
     assert len(list(cache.glob("*.safetensors"))) == 2
@@ -156,7 +156,7 @@ def test_feature_cache_is_reused_and_invalidated_when_the_backbone_changes(tmp_p
         assert calls.images == sizes["test"]
 
 
-def test_feature_cache_of_another_backbone_is_never_read(tmp_path: Path) -> None:
+def test_feature_cache_of_another_encoder_is_never_read(tmp_path: Path) -> None:
     key = {"spec": "open_clip:ViT-B-32@openai", "transform": "t", "weights": "w", "pretrained": "True"}
     cache = FeatureCache(tmp_path, key)
     assert cache.missing([bytes(16), bytes(16), b"1" * 16]) == [0, 2]  # identical images are encoded once
@@ -218,9 +218,14 @@ def test_bad_arguments_are_clear_errors() -> None:
     with pytest.raises(ZooError, match="head='huge'"):
         CLIPMLP.from_variant("tiny", head="huge")
     with pytest.raises(ZooError, match="open_clip"):
-        CLIPMLP.from_variant("tiny", backbone="timm:resnet18")
+        CLIPMLP.from_variant("tiny", encoder="timm:resnet18")
     with pytest.raises(ZooError, match="timm cannot build"):
-        CNNDetector(backbone="no_such_net", pretrained=False)
+        CNNDetector(encoder="timm:no_such_net", pretrained=False)
+    # the encoder is spelled as in every method: a bare timm name or another library is refused
+    with pytest.raises(ZooError, match="'resnet50' must look like 'timm:<name>'"):
+        CNNDetector(encoder="resnet50", pretrained=False)
+    with pytest.raises(ZooError, match="encoder='open_clip:zoo-tiny-clip': a CNN detector needs a timm encoder"):
+        CNNDetector(encoder="open_clip:zoo-tiny-clip", pretrained=False)
 
 
 def test_heads_are_the_released_linear_stacks() -> None:
@@ -313,7 +318,7 @@ def fake_clip_download(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_pretrained_encoder_is_referenced_not_copied(fake_clip_download: list[str], tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = CLIPMLP(backbone="open_clip:zoo-tiny-clip@pinned", pretrained=True, head="mlp").eval()
+    model = CLIPMLP(encoder="open_clip:zoo-tiny-clip@pinned", pretrained=True, head="mlp").eval()
     assert fake_clip_download == ["pinned"]
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "model.safetensors")
@@ -355,7 +360,7 @@ def test_released_universal_head_converts_offline(monkeypatch: pytest.MonkeyPatc
     assert main(["convert", "--released", "UniversalFakeDetect", str(path), str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["name"] == "UniversalFakeDetect"
-    assert config["init_args"]["backbone"] == "open_clip:ViT-L-14@openai" and config["init_args"]["pretrained"]
+    assert config["init_args"]["encoder"] == "open_clip:ViT-L-14@openai" and config["init_args"]["pretrained"]
     saved = load_file(out / "model.safetensors")
     assert set(saved) == {"net.head.0.weight", "net.head.0.bias", "threshold"}  # no copy of CLIP
     assert torch.equal(saved["net.head.0.weight"], released["weight"])
@@ -368,7 +373,7 @@ def test_released_universal_head_converts_offline(monkeypatch: pytest.MonkeyPatc
         UniversalFakeDetect.convert_released(path)
     torch.save(released, path)
     with pytest.raises(ZooError, match=r"'weight' has shape \(1, 768\)"):
-        UniversalFakeDetect.convert_released(path, backbone="open_clip:zoo-tiny-clip", pretrained=False)
+        UniversalFakeDetect.convert_released(path, encoder="open_clip:zoo-tiny-clip", pretrained=False)
 
 
 def test_universal_recipe_is_the_releases() -> None:

@@ -282,8 +282,9 @@ def test_model_card_parses_with_huggingface_hub(trained, server):
 
 
 @pytest.mark.parametrize(("method", "init_args", "base_model"), [
-    ("SSCD", {"trunk": "timm:resnet18", "pretrained": False}, None),  # random init claims nothing
-    ("SSCD", {"trunk": "timm:resnet18.a1_in1k", "pretrained": True}, ["timm/resnet18.a1_in1k"]),
+    ("SSCD", {"encoder": "timm:resnet18", "pretrained": False}, None),  # random init claims nothing
+    ("SSCD", {"encoder": "timm:resnet18.a1_in1k", "pretrained": True}, ["timm/resnet18.a1_in1k"]),
+    ("CNNDetector", {}, ["timm/resnet50.tv2_in1k"]),  # the class default, timm:resnet50.tv2_in1k
     ("PDFEmbedding", {"encoder": "deit_base_patch16_224.fb_in1k", "pretrained": True},
      ["timm/deit_base_patch16_224.fb_in1k"]),  # a bare timm name
     ("DescriptorSimilarity", {"encoder": "open_clip:ViT-B-32@openai", "pretrained": True},

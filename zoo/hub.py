@@ -50,8 +50,6 @@ REGISTRY_ENV = "ZOO_PRETRAINED"  # a JSON file of more known checkpoints, e.g. a
 CONVERTED_DIR = "provenance-zoo"  # released checkpoints, converted, under the Hugging Face cache
 # the Hub's pipeline tags for the tasks that have one (copyright and attribution take a model pair: none fits)
 PIPELINE_TAGS = {"fake_detection": "image-classification", "copy_detection": "image-feature-extraction"}
-# init arguments that name an image encoder, possibly as a bare timm name
-ENCODER_ARGS = ("encoder", "backbone", "trunk")
 ZOO_BIBTEX = """@software{provenance_zoo,
   title = {provenance-zoo: a PyTorch Lightning model zoo for the provenance of images},
   url = {https://pypi.org/project/provenance-zoo/},
@@ -574,8 +572,8 @@ class _quiet_errors:  # noqa: N801 - a context manager
 def base_models(cls: type, init_args: dict[str, Any]) -> list[str]:
     """Hub ids of the pretrained encoder weights the method loads; none for a random-init encoder.
 
-    An encoder is named by ``timm:name[.tag]`` (or a bare timm name in an ``encoder``/``backbone``/
-    ``trunk`` argument), ``open_clip:Arch@tag`` or ``hf-hub:org/name``; the library's own pretrained config
+    An encoder is named by ``timm:name[.tag]`` (or a bare timm name in an ``encoder`` argument),
+    ``open_clip:Arch@tag`` or ``hf-hub:org/name``; the library's own pretrained config
     says where on the Hub its weights live. An encoder is random-init when the method's ``pretrained``
     (or ``<arg>_pretrained``) argument is False.
     """
@@ -586,7 +584,7 @@ def base_models(cls: type, init_args: dict[str, Any]) -> list[str]:
     for key, value in args.items():
         if not isinstance(value, str) or args.get(f"{key}_pretrained", args.get("pretrained")) is False:
             continue
-        hub_id = _encoder_hub_id(value, bare_timm=key in ENCODER_ARGS)
+        hub_id = _encoder_hub_id(value, bare_timm=key == "encoder")
         if hub_id and hub_id not in found:
             found.append(hub_id)
     return found

@@ -18,14 +18,14 @@ from zoo.errors import ZooError
 from zoo.module import read_weights_only
 from zoo_clip_mlp.torch_model import BlurJpeg, CLIPMLPNet, FeatureCache, content_digest, weights_fingerprint
 
-TINY = {"backbone": "open_clip:zoo-tiny-clip", "pretrained": False}
+TINY = {"encoder": "open_clip:zoo-tiny-clip", "pretrained": False}
 
 
 class CLIPMLP(FakeDetector):
     """A head (linear, MLP or deeper MLP) on frozen CLIP image features, optionally with the caption's.
 
     Args:
-        backbone: an ``open_clip:<arch>@<tag>`` encoder: ``RN50@openai`` (1024-d) and ``ViT-B-32@openai``
+        encoder: an ``open_clip:<arch>@<tag>`` encoder: ``RN50@openai`` (1024-d) and ``ViT-B-32@openai``
             (512-d) as in the paper, ``ViT-L-14@openai`` as the strong setting.
         pretrained: load the encoder's pretrained weights. A pretrained encoder is frozen and named by its
             pinned tag, so it is not saved with the head (see ``reference_state_keys``); a random-init one is.
@@ -48,16 +48,16 @@ class CLIPMLP(FakeDetector):
         "tiny_linear": {**TINY, "head": "linear"},
         "tiny_deep": {**TINY, "head": "deep"},
         "tiny_text": {**TINY, "head": "mlp", "use_text": True},
-        "rn50_mlp": {"backbone": "open_clip:RN50@openai", "head": "mlp"},
-        "vitb32_mlp": {"backbone": "open_clip:ViT-B-32@openai", "head": "mlp"},
-        "vitb32_deep": {"backbone": "open_clip:ViT-B-32@openai", "head": "deep"},
-        "vitb32_text": {"backbone": "open_clip:ViT-B-32@openai", "head": "mlp", "use_text": True},
-        "vitl14_linear": {"backbone": "open_clip:ViT-L-14@openai", "head": "linear"},
+        "rn50_mlp": {"encoder": "open_clip:RN50@openai", "head": "mlp"},
+        "vitb32_mlp": {"encoder": "open_clip:ViT-B-32@openai", "head": "mlp"},
+        "vitb32_deep": {"encoder": "open_clip:ViT-B-32@openai", "head": "deep"},
+        "vitb32_text": {"encoder": "open_clip:ViT-B-32@openai", "head": "mlp", "use_text": True},
+        "vitl14_linear": {"encoder": "open_clip:ViT-L-14@openai", "head": "linear"},
     }
 
     def __init__(
         self,
-        backbone: str = "open_clip:ViT-B-32@openai",  # paper: CLIP ViT-B/32 (and RN50)
+        encoder: str = "open_clip:ViT-B-32@openai",  # paper: CLIP ViT-B/32 (and RN50)
         pretrained: bool = True,  # paper: OpenAI CLIP weights, frozen
         head: str = "mlp",  # release test.py: d-512-512-1 (also linear and d-512-512-256-256-1), no activation
         use_text: bool = False,  # paper: image features alone, or with the caption's text features
@@ -77,7 +77,7 @@ class CLIPMLP(FakeDetector):
         if augment and feature_cache:
             raise ZooError(f"{type(self).__name__}: augment=True and feature_cache={feature_cache!r} exclude "
                            "each other (augmented images have no fixed features); drop one")
-        self.net = CLIPMLPNet(backbone, head=head, use_text=use_text, pretrained=pretrained, normalize=normalize,
+        self.net = CLIPMLPNet(encoder, head=head, use_text=use_text, pretrained=pretrained, normalize=normalize,
                               image_size=image_size, model_kwargs=model_kwargs)
         self.augmenter = self.make_augmenter() if augment else None
         self._cache: FeatureCache | None = None
@@ -101,10 +101,10 @@ class CLIPMLP(FakeDetector):
     def load_reference_weights(self) -> None:
         """Load the encoder's pretrained weights from its pinned tag (open_clip downloads them once)."""
         if not backbones.want_pretrained(True):
-            raise ZooError(f"{type(self).__name__}: the encoder {self.hparams.backbone} is not in the checkpoint "
+            raise ZooError(f"{type(self).__name__}: the encoder {self.hparams.encoder} is not in the checkpoint "
                            "and pretrained downloads are off here")
         hp = self.hparams
-        reference = backbones.Encoder(hp.backbone, pretrained=True, image_size=hp.image_size,
+        reference = backbones.Encoder(hp.encoder, pretrained=True, image_size=hp.image_size,
                                       model_kwargs=hp.model_kwargs)
         self.net.encoder.load_state_dict(reference.state_dict())
 
@@ -196,7 +196,7 @@ class UniversalFakeDetect(CLIPMLP):
     stops improving for 5 epochs.
 
     Args:
-        backbone / pretrained / head / feature_cache / image_size / model_kwargs: as ``CLIPMLP``.
+        encoder / pretrained / head / feature_cache / image_size / model_kwargs: as ``CLIPMLP``.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         pos_weight: BCE ``pos_weight``; 1.0 is the release's plain BCE (None: #real/#generated).
@@ -212,7 +212,7 @@ class UniversalFakeDetect(CLIPMLP):
 
     def __init__(
         self,
-        backbone: str = "open_clip:ViT-L-14@openai",  # release: CLIP:ViT-L/14, OpenAI weights
+        encoder: str = "open_clip:ViT-L-14@openai",  # release: CLIP:ViT-L/14, OpenAI weights
         pretrained: bool = True,  # release: --fix_backbone, the frozen OpenAI encoder
         head: str = "linear",  # release: models/clip_models.py, nn.Linear(768, 1)
         feature_cache: str | None = None,
@@ -223,7 +223,7 @@ class UniversalFakeDetect(CLIPMLP):
         image_size: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(backbone=backbone, pretrained=pretrained, head=head, normalize=False,
+        super().__init__(encoder=encoder, pretrained=pretrained, head=head, normalize=False,
                          feature_cache=feature_cache, lr=lr, weight_decay=weight_decay, pos_weight=pos_weight,
                          augment=augment, image_size=image_size, model_kwargs=model_kwargs)
         # this constructor's arguments only: drop those of the CLIP-MLP recipe it fixes
@@ -275,7 +275,7 @@ class UniversalFakeDetect(CLIPMLP):
         for name, expected in (("weight", head.weight), ("bias", head.bias)):
             if not isinstance(state[name], Tensor) or state[name].shape != expected.shape:
                 shape = tuple(getattr(state[name], "shape", ()))
-                raise ZooError(f"{path}: {name!r} has shape {shape}, the head on {model.hparams.backbone} "
+                raise ZooError(f"{path}: {name!r} has shape {shape}, the head on {model.hparams.encoder} "
                                f"expects {tuple(expected.shape)}")
         with torch.no_grad():
             head.weight.copy_(state["weight"])

@@ -43,7 +43,7 @@ class CLIPMLPNet(nn.Module):
     """Frozen open_clip encoder + head. ``use_text`` concatenates the caption's CLIP text embedding.
 
     Args:
-        backbone: an ``open_clip:<arch>[@<tag>]`` spec (see ``zoo.backbones``).
+        encoder: an ``open_clip:<arch>[@<tag>]`` spec (see ``zoo.backbones``).
         head: ``linear``, ``mlp`` or ``deep``.
         use_text: also feed the caption's text embedding to the head.
         pretrained: load the encoder's pretrained weights.
@@ -51,13 +51,13 @@ class CLIPMLPNet(nn.Module):
         image_size / model_kwargs: encoder overrides, for tiny variants.
     """
 
-    def __init__(self, backbone: str, head: str = "mlp", use_text: bool = False, pretrained: bool = True,
+    def __init__(self, encoder: str, head: str = "mlp", use_text: bool = False, pretrained: bool = True,
                  normalize: bool = False, image_size: int | None = None,
                  model_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
-        if not backbone.startswith("open_clip:"):
-            raise ZooError(f"backbone={backbone!r}: CLIP-MLP needs an 'open_clip:<arch>@<tag>' encoder")
-        self.encoder = freeze(Encoder(backbone, pretrained=pretrained, image_size=image_size,
+        if not encoder.startswith("open_clip:"):
+            raise ZooError(f"encoder={encoder!r}: CLIP-MLP needs an 'open_clip:<arch>@<tag>' encoder")
+        self.encoder = freeze(Encoder(encoder, pretrained=pretrained, image_size=image_size,
                                       model_kwargs=model_kwargs))
         self.use_text = use_text
         self.normalize = normalize
@@ -156,7 +156,7 @@ class FeatureCache:
 
     The file's name and its metadata hold the key: the encoder spec (name and pretrained tag), its
     pre-processing and a fingerprint of its weights. Any change gives another file, so features of
-    another backbone are never read; a file whose metadata does not match its name is refused. Rows
+    another encoder are never read; a file whose metadata does not match its name is refused. Rows
     are addressed by a digest of the image bytes, so an edited image is encoded again.
 
     Args:

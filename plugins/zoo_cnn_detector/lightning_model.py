@@ -103,26 +103,27 @@ class FakeDetector(ZooModule):
 
 
 class CNNDetector(FakeDetector):
-    """A timm backbone fine-tuned end to end with a one-logit head.
+    """A timm encoder fine-tuned end to end with a one-logit head.
 
     Args:
-        backbone: any timm model name, e.g. ``resnet50``, ``swin_tiny_patch4_window7_224``, ``legacy_xception``.
+        encoder: any ``timm:<name>[.<tag>]`` spec, e.g. ``timm:resnet50``, ``timm:swin_tiny_patch4_window7_224``,
+            ``timm:legacy_xception``.
         pretrained: start from timm's ImageNet weights.
-        image_size: input size; None keeps the backbone's own (224 for the paper's three).
+        image_size: input size; None keeps the encoder's own (224 for the paper's three).
         optimizer / lr / momentum / weight_decay / min_lr_ratio / pos_weight / augment: the recipe, see ``FakeDetector``.
         model_kwargs: extra timm constructor arguments.
     """
 
     variants = {
-        "tiny": {"backbone": "test_resnet", "pretrained": False, "image_size": 64},
-        "resnet50": {"backbone": "resnet50.tv2_in1k"},
-        "swin_t": {"backbone": "swin_tiny_patch4_window7_224.ms_in1k"},
-        "xception": {"backbone": "legacy_xception.tf_in1k"},
+        "tiny": {"encoder": "timm:test_resnet", "pretrained": False, "image_size": 64},
+        "resnet50": {"encoder": "timm:resnet50.tv2_in1k"},
+        "swin_t": {"encoder": "timm:swin_tiny_patch4_window7_224.ms_in1k"},
+        "xception": {"encoder": "timm:legacy_xception.tf_in1k"},
     }
 
     def __init__(
         self,
-        backbone: str = "resnet50.tv2_in1k",  # release: torchvision resnet50(weights=IMAGENET1K_V2)
+        encoder: str = "timm:resnet50.tv2_in1k",  # release: torchvision resnet50(weights=IMAGENET1K_V2)
         pretrained: bool = True,  # paper: fine-tuned from ImageNet weights
         image_size: int | None = None,
         optimizer: str = "sgd",  # paper: SGD
@@ -135,7 +136,7 @@ class CNNDetector(FakeDetector):
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.net = CNNDetectorNet(backbone, pretrained=pretrained, image_size=image_size, model_kwargs=model_kwargs)
+        self.net = CNNDetectorNet(encoder, pretrained=pretrained, image_size=image_size, model_kwargs=model_kwargs)
         self.augmenter = Augment(*normalization_of(self.net.encoder.transform)) if augment else None
 
     def image_transform(self) -> Callable[[Any], Tensor]:

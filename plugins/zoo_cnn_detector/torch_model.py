@@ -1,4 +1,4 @@
-"""CNN detectors of generated images: a timm backbone with a one-logit head, and the paper's augmentations."""
+"""CNN detectors of generated images: a timm encoder with a one-logit head, and the paper's augmentations."""
 
 from __future__ import annotations
 
@@ -8,24 +8,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zoo.backbones import Encoder
+from zoo.backbones import Encoder, parse_spec
 from zoo.errors import ZooError
 
 
 class CNNDetectorNet(nn.Module):
-    """Any timm backbone (classifier removed) followed by a linear layer to one logit.
+    """Any timm encoder (classifier removed) followed by a linear layer to one logit.
 
     Args:
-        backbone: a timm model name, with an optional ``.tag``, e.g. ``resnet50.a1_in1k``.
+        encoder: a ``timm:<name>[.<tag>]`` spec, e.g. ``timm:resnet50.a1_in1k``.
         pretrained: start from timm's pretrained weights.
-        image_size: input size; None keeps the backbone's own.
+        image_size: input size; None keeps the encoder's own.
         model_kwargs: extra timm constructor arguments (tiny variants).
     """
 
-    def __init__(self, backbone: str, pretrained: bool = True, image_size: int | None = None,
+    def __init__(self, encoder: str, pretrained: bool = True, image_size: int | None = None,
                  model_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.encoder = Encoder(f"timm:{backbone}", pretrained=pretrained, image_size=image_size,
+        if parse_spec(encoder)[0] != "timm":
+            raise ZooError(f"encoder={encoder!r}: a CNN detector needs a timm encoder, 'timm:<name>[.<tag>]'")
+        self.encoder = Encoder(encoder, pretrained=pretrained, image_size=image_size,
                                model_kwargs=model_kwargs)
         self.head = nn.Linear(self.encoder.dim, 1)
 

@@ -142,7 +142,7 @@ class SSCD(_PairDescriptor):
     only by the monotone level map, fitted without gradients.
 
     Args:
-        trunk: timm CNN spec of the trunk.
+        encoder: timm CNN spec of the trunk.
         pretrained: start the trunk from its pretrained weights.
         image_size: side of the pre-processed images.
         dim: descriptor size.
@@ -159,7 +159,7 @@ class SSCD(_PairDescriptor):
         score_norm_k: neighbours of the score normalisation (0: off).
         score_norm_beta: weight of the score normalisation.
         background_size: largest background set kept (training real images).
-        trunk_kwargs: extra timm constructor arguments (the tiny variant's widths and depths).
+        encoder_kwargs: extra timm constructor arguments (the tiny variant's widths and depths).
         seed: seed of the augmentations.
     """
 
@@ -168,8 +168,8 @@ class SSCD(_PairDescriptor):
         "resnet50": {},
         "resnet50_score_norm": {"score_norm_k": 3},
         "tiny": {
-            "trunk": "timm:resnet18", "pretrained": False, "image_size": 64, "dim": 32, "entropy_weight": 10.0,
-            "trunk_kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8},
+            "encoder": "timm:resnet18", "pretrained": False, "image_size": 64, "dim": 32, "entropy_weight": 10.0,
+            "encoder_kwargs": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8},
             **_TINY_MAP,
         },
     }
@@ -177,7 +177,7 @@ class SSCD(_PairDescriptor):
 
     def __init__(
         self,
-        trunk: str = "timm:resnet50.tv_in1k",  # SSCD: torchvision ResNet-50 (TV_RESNET50)
+        encoder: str = "timm:resnet50.tv_in1k",  # SSCD: torchvision ResNet-50 (TV_RESNET50)
         pretrained: bool = True,  # SSCD starts from an ImageNet-trained trunk
         image_size: int = 224,  # SSCD train.py: --train_image_size 224
         dim: int = 512,  # SSCD: 512-d descriptor
@@ -194,11 +194,11 @@ class SSCD(_PairDescriptor):
         score_norm_k: int = 0,  # SSCD evaluation: 3 neighbours ("1.00[0,2]") when on; off by default
         score_norm_beta: float = 1.0,  # SSCD eq. 8: beta = 1
         background_size: int = 4096,  # zoo: background subset kept in the weights
-        trunk_kwargs: dict[str, Any] | None = None,
+        encoder_kwargs: dict[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.net = SSCDNet(trunk, pretrained, dim, gem_p, image_size, trunk_kwargs)
+        self.net = SSCDNet(encoder, pretrained, dim, gem_p, image_size, encoder_kwargs)
         from timm.data import resolve_model_data_config
 
         config = resolve_model_data_config(self.net.trunk.model)
@@ -232,7 +232,7 @@ class SSCD(_PairDescriptor):
         for key, value in state.items():
             name = f"projection.{key[3:]}" if key.startswith("fc.") else f"trunk.model.{key}"
             if name not in targets:
-                raise ZooError(f"{path}: unexpected key {key!r} for the {model.hparams.trunk} trunk")
+                raise ZooError(f"{path}: unexpected key {key!r} for the {model.hparams.encoder} trunk")
             if tuple(value.shape) != tuple(targets[name].shape):
                 raise ZooError(f"{path}: key {key!r} has shape {tuple(value.shape)}, the model expects "
                                f"{tuple(targets[name].shape)}")

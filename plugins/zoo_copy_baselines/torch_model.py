@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.backbones import Encoder
+from zoo.backbones import Encoder, parse_spec
 from zoo.errors import ZooError
 
 MAX_LEVEL = 5.0
@@ -33,22 +33,22 @@ class SSCDNet(nn.Module):
     """SSCD descriptor: a CNN trunk's last feature map, GeM pooling, a linear projection, L2 normalisation.
 
     Args:
-        trunk: a timm spec of the trunk, e.g. ``timm:resnet50``.
+        encoder: a timm spec of the trunk, e.g. ``timm:resnet50``.
         pretrained: load the trunk's pretrained weights.
         dim: descriptor size.
         gem_p: GeM exponent.
         image_size: input size of the trunk's pre-processing.
-        trunk_kwargs: extra timm constructor arguments (the tiny variant's widths and depths).
+        encoder_kwargs: extra timm constructor arguments (the tiny variant's widths and depths).
     """
 
-    def __init__(self, trunk: str, pretrained: bool, dim: int, gem_p: float, image_size: int | None,
-                 trunk_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, encoder: str, pretrained: bool, dim: int, gem_p: float, image_size: int | None,
+                 encoder_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
-        if not trunk.startswith("timm:"):
-            raise ZooError(f"SSCD trunk {trunk!r} must be a timm CNN spec such as 'timm:resnet50'")
+        if parse_spec(encoder)[0] != "timm":
+            raise ZooError(f"encoder={encoder!r}: SSCD needs a timm CNN spec such as 'timm:resnet50'")
         # global_pool="" keeps timm's feature map, so that GeM replaces the average pooling
-        self.trunk = Encoder(trunk, pretrained=pretrained, image_size=image_size,
-                             model_kwargs={**(trunk_kwargs or {}), "global_pool": ""})
+        self.trunk = Encoder(encoder, pretrained=pretrained, image_size=image_size,
+                             model_kwargs={**(encoder_kwargs or {}), "global_pool": ""})
         self.gem_p = gem_p
         self.projection = nn.Linear(self.trunk.dim, dim)
         # sscd/models/model.py (torchvision trunk): the projection fc starts Xavier-uniform, bias 0
