@@ -16,7 +16,7 @@ import re
 import shutil
 import statistics
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -678,7 +678,7 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             continue
     info: dict[str, Any] = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": versions,
