@@ -60,13 +60,6 @@ class CGIDM(ZooModule):
     variants = {
         "tiny": {**_tiny, "finetuned": "zoo-mini:full", "finetune_type": "full"},
         "tiny_lora": {**_tiny, "finetuned": "zoo-mini:lora", "finetune_type": "lora"},
-        # the mini suite's: PGD scaled to the mini models' 3x16x16 pixel "latent". The released radius 70 on a
-        # 4x64x64 SD latent (16384 elements) is 70 / sqrt(16384) ~ 0.55 per element (root mean square);
-        # on 768 elements that is 0.55 * sqrt(768) ~ 15; the step 0.5 is the released step 2.0 scaled alike (~0.43).
-        # 500 steps (released: 1000) cross that ball many times. Shared noise: both models denoise the same draw, so their difference is not drowned in
-        # the noise of two draws. Pixel score: the tiny encoder is random-init and sees little.
-        "mini": {**_tiny, "finetuned": "zoo-mini:full", "finetune_type": "full", "steps": 500, "radius": 15.0,
-                 "shared_noise": True, "score": "pixel"},
     }
 
     def __init__(
