@@ -27,7 +27,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 from zoo import registry
 from zoo.data.base import ZooDataModule
 from zoo.errors import ZooError
-from zoo.module import ZooModule, load_folder, load_state, read_weights, read_weights_only
+from zoo.module import (
+    WEIGHTS_NAME,
+    ZooModule,
+    load_checkpoint_state,
+    load_folder,
+    read_weights,
+    read_weights_only,
+)
 
 EXPORT_DIR = "zoo"
 
@@ -44,8 +51,7 @@ class ExportOnFitEnd(Callback):
             return
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
         if best and getattr(trainer.checkpoint_callback, "monitor", None) and Path(best).is_file():
-            checkpoint = read_weights_only(best)
-            load_state(pl_module, checkpoint["state_dict"], best, reference=pl_module.reference_state_keys())
+            load_checkpoint_state(pl_module, read_weights_only(best)["state_dict"], best)
         self._export(trainer, pl_module)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -119,11 +125,8 @@ class ZooCLI(LightningCLI):
         if self._zoo_ckpt is None:
             return
         if not self._built_from_ckpt:  # --model named the method: only the weights come from the checkpoint
-            weights = self._zoo_ckpt / "model.safetensors"
-            state = read_weights(weights)
-            load_state(self.model, state, str(weights), reference=self.model.reference_state_keys())
-            if self.model.reference_state_keys() - set(state):
-                self.model.load_reference_weights()
+            weights = self._zoo_ckpt / WEIGHTS_NAME
+            load_checkpoint_state(self.model, read_weights(weights), str(weights))
         self.config_init[self.subcommand]["ckpt_path"] = None
 
     def fit(self, model: LightningModule, **kwargs: Any) -> None:

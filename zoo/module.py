@@ -321,11 +321,16 @@ def load_folder(directory: str | Path, expect: type | None = None, **overrides: 
                        f"{WEIGHTS_NAME}")
     state = read_weights(weights)
     model = build_method(config, str(directory / CONFIG_NAME), expect=expect)
+    load_checkpoint_state(model, state, str(weights))
+    return model.eval()
+
+
+def load_checkpoint_state(model: ZooModule, state: Mapping[str, Tensor], source: str) -> None:
+    """Load a checkpoint's ``state`` strictly; frozen reference weights it leaves out come from their pin."""
     reference = model.reference_state_keys()
-    load_state(model, state, str(weights), reference=reference)
+    load_state(model, state, source, reference=reference)
     if reference - set(state):
         model.load_reference_weights()
-    return model.eval()
 
 
 # keys jsonargparse and other config loaders treat as "import this and call it"
