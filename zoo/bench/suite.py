@@ -8,6 +8,8 @@ Example:
 
         name: fake_detection_cross
         budget_minutes: 15          # printed up front; the run says whether it kept to it
+        notes:                      # why a row is at chance, said in the report (method name or row label)
+          CNNDetector: <why its row may not beat chance, with the figures>
         seeds: [0]
         variant: tiny               # default variant of every method (tiny = the offline test variant)
         trainer: {accelerator: cpu} # Trainer arguments for every job (a method's tiny_trainer comes first)
@@ -40,7 +42,7 @@ from zoo import registry
 from zoo.errors import ZooError
 from zoo.tasks import TASK_NAMES
 
-SUITE_KEYS = {"name", "description", "budget_minutes", "seeds", "variant", "trainer", "tasks", "limitations"}
+SUITE_KEYS = {"name", "description", "budget_minutes", "seeds", "variant", "trainer", "tasks", "limitations", "notes"}
 TASK_KEYS = {"data", "methods", "grid", "trainer", "seeds"}
 METHOD_KEYS = {"name", "variant", "init_args", "config", "trainer", "label"}
 GRID_ROOTS = ("model", "data", "trainer")
@@ -94,6 +96,7 @@ class Suite:
     budget_minutes: float | None = None
     description: str = ""
     limitations: list[str] = field(default_factory=list)  # what the suite cannot show, said in the report
+    notes: dict[str, str] = field(default_factory=dict)  # method name or row label -> why its row may sit at chance
 
 
 # the folders a wheel ships inside the package (zoo/suites, zoo/configs) and a checkout keeps at its root
@@ -222,8 +225,14 @@ def parse_suite(
     limitations = raw.get("limitations", [])
     if not isinstance(limitations, list) or not all(isinstance(x, str) for x in limitations):
         raise ZooError(f"{where}: key 'limitations' must be a list of sentences")
+    notes = raw.get("notes") or {}
+    if not isinstance(notes, dict):
+        raise ZooError(f"{where}: key 'notes' must be a mapping of a method name or row label to a sentence")
+    for key, text in notes.items():
+        if not isinstance(key, str) or not isinstance(text, str):
+            raise ZooError(f"{where}: key 'notes.{key}' must be a sentence (a string), got {text!r}")
     return Suite(name=name, path=where, jobs=jobs, budget_minutes=budget, description=raw.get("description", ""),
-                 limitations=limitations)
+                 limitations=limitations, notes=notes)
 
 
 # ------------------------------------------------------------------------------------------ helpers
