@@ -47,12 +47,6 @@ class EdgeEnergy(ZooModule):
         image = batch["image"]
         return {"score": -self.scale * (image[..., 1:] - image[..., :-1]).abs().mean(dim=(1, 2, 3))}
 
-    def on_test_epoch_end(self):
-        super().on_test_epoch_end()
-        folder = self.artifact_dir()
-        if folder is not None:
-            Image.new("RGB", (8, 8), (200, 10, 10)).save(folder / "grid.png")
-
 
 class PixelDistance(ZooModule):
     """The closer the pixels of the pair, the higher the level."""
@@ -169,6 +163,10 @@ def test_suite_expands_grids_seeds_and_overrides(plugins, tmp_path):
     ({"seeds": "zero", "tasks": {"fake_detection": {"data": "MiniFakeDetection"}}}, "key 'seeds'"),
     ({"tasks": {"fake_detection": {"data": "MiniFakeDetectoin", "methods": ["EdgeEnergy"]}}},
      "did you mean MiniFakeDetection"),
+    ({"notes": ["EdgeEnergy is at chance"], "tasks": {"fake_detection": {"data": "MiniFakeDetection"}}},
+     "key 'notes' must be a mapping"),
+    ({"notes": {"EdgeEnergy": 0.5}, "tasks": {"fake_detection": {"data": "MiniFakeDetection"}}},
+     "key 'notes.EdgeEnergy' must be a sentence"),
 ])
 def test_suite_errors_name_the_file_and_key(plugins, tmp_path, change, message):
     path = _write_suite(tmp_path / "bad.yaml", {"name": "bad", **change})
@@ -322,9 +320,7 @@ def test_failed_jobs_are_recorded_and_the_report_is_complete(plugins, tmp_path):
     plots = sorted((out / "plots").glob("*.png"))
     names = " ".join(p.name for p in plots)
     assert "roc_fake_detection" in names and "levels_copy_detection" in names and "cross_fake_detection" in names
-    artifacts = sorted((out / "artifacts").glob("*/*.png"))
-    assert len(artifacts) == 4  # one per EdgeEnergy job
-    for png in [*plots, *artifacts]:
+    for png in plots:
         with Image.open(png) as image:
             image.verify()
             assert image.format == "PNG"
@@ -532,3 +528,111 @@ def test_bold_marks_one_best_value_above_chance_only():
     for r in rows:
         r["negatives"] = 40  # too few negatives for a TPR at 1% FPR
     assert ("s", "a", "tpr_at_1fpr") not in _best(rows, ["tpr_at_1fpr"])
+
+
+# ------------------------------------------------------------------------------------------ report
+def _fake_job(out: Path, job_id: str, task: str, label: str, rows: list[dict], seed: int = 0) -> dict:
+    """A finished job as the runner leaves it: its predictions file and its result entry."""
+    folder = out / "jobs" / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "predictions.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"id": job_id, "task": task, "method": label.split("-")[0], "label": label, "variant": "tiny",
+            "dataset": "Synthetic", "setting": "Synthetic", "seed": seed, "status": "ok", "metrics": {},
+            "data_args": {}}
+
+
+def test_rows_at_chance_are_listed_with_the_suites_note(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from zoo.bench import runner, stats
+    from zoo.bench.report import AT_CHANCE, NO_NOTE
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 30)
+    out = tmp_path / "report"
+    results = []
+    for label, score in (("Good-tiny", labels + rng.normal(0, 0.3, 60)), ("Coin-tiny", rng.normal(size=60)),
+                         ("Noise-tiny", rng.normal(size=60))):
+        rows = [{"score": f"{v:.4f}", "decision": int(v > 0.5), "id": f"img{i}.png", "true_label": int(y)}
+                for i, (v, y) in enumerate(zip(score, labels, strict=True))]
+        results.append(_fake_job(out, f"fake_detection--{label}-s0", "fake_detection", label, rows))
+        # the metrics the job logged: the same as the predictions give
+        results[-1]["metrics"] = stats.point(stats.binary_scorer(score, score > 0.5, labels), len(labels))
+    # the suite's notes reach the report: the jobs' results stand in for a run
+    suite = _write_suite(tmp_path / "synthetic.yaml", {
+        "name": "synthetic", "tasks": {"fake_detection": {"data": "MiniFakeDetection", "methods": ["CNNDetector"]}},
+        "notes": {"Noise": "the score is drawn at random, by construction.", "Good-tiny": "never shown"}})
+    monkeypatch.setattr(runner, "run_suite", lambda *args, **kwargs: results)
+    assert cmd_benchmark(["--config", str(suite), "--output", str(out)]) == 0
+    readme = (out / "README.md").read_text()
+    section = readme.split("## At chance", 1)[1].split("\n## ", 1)[0]
+    flagged = {line.split(" | ")[1]: line for line in section.splitlines() if line.startswith("| fake_detection")}
+    assert set(flagged) == {"Coin-tiny", "Noise-tiny"}  # the separating score is not at chance
+    assert flagged["Noise-tiny"].endswith("| the score is drawn at random, by construction. |")  # by method name
+    assert flagged["Coin-tiny"].endswith(f"| {NO_NOTE} |")
+    with (out / "summary.csv").open() as f:
+        auroc = {r["method"]: r for r in csv.DictReader(f) if r["metric"] == "auroc"}
+    for label, line in flagged.items():
+        row = auroc[label]
+        assert float(row["ci_low"]) <= 0.5 <= float(row["ci_high"])
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[3:9] == ["`auroc`", f"{float(row['mean']):.3f}",
+                              f"[{float(row['ci_low']):.2f}, {float(row['ci_high']):.2f}]", "0.5", "1", "60"]
+    assert float(auroc["Good-tiny"]["ci_low"]) > 0.5
+    # the tables mark the same rows: in the README's primary cell, on the terminal beside the interval
+    marked = [line.split(" | ")[0].strip("| ") for line in readme.splitlines() if f" {AT_CHANCE} |" in line]
+    assert sorted(marked) == ["Coin-tiny", "Noise-tiny"]
+    terminal = capsys.readouterr().out
+    assert sorted(line.split()[1] for line in terminal.splitlines() if line.rstrip(" │").endswith(AT_CHANCE)) == [
+        "Coin-tiny", "Noise-tiny"]
+    assert "the auroc interval includes chance" in terminal
+
+
+def test_a_job_with_a_picture_per_image_gets_one_labelled_contact_sheet(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from zoo.bench.report import SHEET_ROWS, write_report
+
+    out = tmp_path / "report"
+    pictures = out / "jobs" / "copyright--CGIDM-tiny-s0" / "lightning_logs" / "version_0" / "artifacts"
+    pictures.mkdir(parents=True)
+    rows = []
+    for i in range(SHEET_ROWS + 6):
+        member = i % 2
+        strip = pictures / f"test-{'member' if member else 'holdout'}-{i:02d}.png"
+        Image.new("RGB", (3 * 16 + 4, 18), (8 * i, 100, 200 * member)).save(strip)
+        rows.append({"score": f"{0.01 * i if member else -0.01 * i:.4f}", "decision": member, "artifact": str(strip),
+                     "id": f"/data/test/{'member' if member else 'holdout'}/{i:02d}.png", "true_label": member,
+                     "source": "member" if member else "holdout"})
+    results = [_fake_job(out, "copyright--CGIDM-tiny-s0", "copyright", "CGIDM-tiny", rows),
+               _fake_job(out, "copyright--Other-tiny-s0", "copyright", "Other-tiny",  # predictions without pictures
+                         [{k: v for k, v in r.items() if k != "artifact"} for r in rows])]
+    drawn = []
+    save = Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        drawn.append((Path(path).name, fig.get_suptitle(), [t.get_text() for ax in fig.axes for t in ax.texts],
+                      sum(bool(ax.images) for ax in fig.axes)))
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    write_report(results, out, "pictures")
+    sheets = sorted((out / "sheets").glob("*.png"))
+    assert [p.name for p in sheets] == ["sheet_copyright--CGIDM-tiny-s0.png"]  # one sheet, for the job with pictures
+    with Image.open(sheets[0]) as image:
+        image.verify()
+        assert image.format == "PNG"
+    assert "## Contact sheets" in (out / "README.md").read_text()
+    assert "sheets/sheet_copyright--CGIDM-tiny-s0.png" in (out / "README.md").read_text()
+    (name, title, texts, images), = [d for d in drawn if d[0].startswith("sheet_")]
+    assert images == SHEET_ROWS and len(texts) == SHEET_ROWS
+    assert "CGIDM-tiny" in title and f"{SHEET_ROWS} of {SHEET_ROWS + 6} images" in title
+    assert "original / masked / recovered" in title  # the task's own words for the picture
+    scores = [float(t.split("score ")[1].split(",")[0]) for t in texts]
+    assert scores == sorted(scores, reverse=True) and scores[0] == 0.29 and scores[-1] == -0.28
+    assert texts[0].splitlines() == ["#1 29.png", "member", "score 0.29, decided member"]
+    assert texts[-1].splitlines() == [f"#{SHEET_ROWS + 6} 28.png", "hold-out", "score -0.28, decided hold-out"]
+    assert len(list(pictures.glob("*.png"))) == SHEET_ROWS + 6  # the job keeps its pictures

@@ -84,7 +84,8 @@ def cmd_benchmark(argv: list[str]) -> int:
                 f"report (this run: {minutes:.1f} min, {cpu:.1f} CPU min in its processes; {budget}).")
         if args.publish:
             publish_results(results, output, args.publish, console)
-        write_report(results, output, suite.name, console=console, note=note, limitations=suite.limitations)
+        write_report(results, output, suite.name, console=console, note=note, limitations=suite.limitations,
+                     notes=suite.notes)
     failed = [r for r in results if r["status"] != "ok"]
     spent = max(total, minutes)
     kept = "" if not suite.budget_minutes else (

@@ -1,5 +1,8 @@
 """The report folder of a benchmark: tables with intervals, a chance row, a glossary, plots and the environment.
 
+Rows whose interval of the primary metric includes the chance value are listed with the suite's note on why,
+and each job whose predictions name a picture per image gets a labelled contact sheet.
+
 Everything here is derived from the jobs' ``result.json`` and ``predictions.csv`` (test split only; the
 copy-detection level map of the like-for-like rows is fitted on ``train_predictions.csv``) and from the
 jobs' data arguments; nothing depends on which method a row is.
@@ -53,13 +56,20 @@ COST_COLUMNS = ["params", "epochs", "steps", "train_size", "fit_s", "test_s", "w
 SUMMARY_COLUMNS = ["task", "method", "setting", "metric", "mean", "std", "ci_low", "ci_high", "seeds", "n_test"]
 COST_HEADERS = ["params", "epochs", "steps", "labels used", "fit s", "test s", "wall s", "peak RSS MB"]
 CHANCE = "chance"
+AT_CHANCE = "≈"  # marks a primary metric whose 95% CI includes the chance row's value
+NO_NOTE = "no note in the suite"
+SHEET_ROWS = 24  # images on one contact sheet; past it, the half with the highest and the half with the lowest scores
 PACKAGES = ("provenance-zoo", "torch", "lightning", "torchmetrics", "torchvision", "timm", "open_clip_torch",
             "diffusers", "transformers", "peft", "faiss-cpu", "huggingface_hub", "numpy", "scikit-image")
 
 
 def write_report(results: list[dict[str, Any]], output: Path, suite_name: str, console: Any = None,
-                 note: str = "", limitations: list[str] | tuple[str, ...] = ()) -> dict[str, Path]:
-    """Write ``results.csv``, ``summary.csv``, ``results.json``, ``README.md``, ``environment.json`` and plots."""
+                 note: str = "", limitations: list[str] | tuple[str, ...] = (),
+                 notes: dict[str, str] | None = None) -> dict[str, Path]:
+    """Write ``results.csv``, ``summary.csv``, ``results.json``, ``README.md``, ``environment.json``, plots and sheets.
+
+    ``notes`` (the suite's, by method name or row label) say why a row's interval includes chance.
+    """
     output.mkdir(parents=True, exist_ok=True)
     metric_names = _metric_names(results)
     columns = [*BASE_COLUMNS, *metric_names, *COST_COLUMNS, "error"]
@@ -73,9 +83,9 @@ def write_report(results: list[dict[str, Any]], output: Path, suite_name: str, c
     boards = leaderboards(results, output)
     write_summary(boards, output / "summary.csv")
     plots = write_plots(results, output, boards)
-    artifacts = copy_artifacts(results, output)
-    (output / "README.md").write_text(_readme(suite_name, boards, results, plots, artifacts, env, note,
-                                              list(limitations)))
+    sheets = write_sheets(results, output)
+    (output / "README.md").write_text(_readme(suite_name, boards, results, plots, sheets, env, note,
+                                              list(limitations), notes or {}))
     if console is not None:
         print_tables(boards, console)
     return {"csv": output / "results.csv", "summary": output / "summary.csv", "json": output / "results.json",
@@ -253,8 +263,13 @@ def leaderboards(results: list[dict[str, Any]], output: Path) -> dict[str, dict[
         for row in rows:
             metrics += [m for m in row["metrics"] if m not in metrics]
         metrics.sort(key=lambda m: (m != primary, m in NOT_RANKED))
+        base = {row["setting"]: row["metrics"].get(primary, (None,))[0] for row in rows if row["kind"] == CHANCE}
+        for row in rows:
+            _, _, low, high = row["metrics"].get(primary, (None, None, None, None))
+            value = base.get(row["setting"])
+            row["at_chance"] = row["kind"] != CHANCE and None not in (low, high, value) and low <= value <= high
         boards[task] = {"metrics": metrics, "rows": rows, "best": _best(rows, metrics), "primary": primary,
-                        "binary": spec.binary}
+                        "binary": spec.binary, "chance": base}
     return boards
 
 
@@ -335,7 +350,7 @@ def _cell(row: dict[str, Any], metric: str, with_ci: bool = False) -> str:
 
 def _ci(row: dict[str, Any], metric: str) -> str:
     _, _, low, high = row["metrics"].get(metric, (None, None, None, None))
-    return "-" if low is None else f"[{low:.2f}, {high:.2f}]"
+    return "-" if low is None else f"[{low:.2f}, {high:.2f}]" + (f" {AT_CHANCE}" if row.get("at_chance") else "")
 
 
 def _cost_cells(row: dict[str, Any]) -> list[str]:
@@ -359,7 +374,9 @@ def print_tables(boards: dict[str, dict[str, Any]], console: Any) -> None:
         several = len(_settings(board)) > 1
         metrics = [m for m in board["metrics"] if m not in NOT_RANKED]
         title = f"{task}: test split" + ("" if several else f", {_settings(board)[0]}")
-        table = Table(title=title)
+        flagged = any(row.get("at_chance") for row in board["rows"])
+        table = Table(title=title, caption=f"{AT_CHANCE}: the {board['primary']} interval includes chance; the "
+                      "report's README says why" if flagged else None)
         for column in ("method", *(["setting"] if several else []), "seeds", "n", *metrics,
                        f"{board['primary']} 95% CI"):
             table.add_column(column, justify="left" if column in ("method", "setting") else "right", overflow="fold")
@@ -399,8 +416,8 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _readme(suite_name: str, boards: dict[str, dict[str, Any]], results: list[dict[str, Any]],
-            plots: list[Path], artifacts: list[Path], env: dict[str, Any], note: str,
-            limitations: list[str]) -> str:
+            plots: list[Path], sheets: list[Path], env: dict[str, Any], note: str,
+            limitations: list[str], notes: dict[str, str]) -> str:
     ok = sum(r.get("status") == "ok" for r in results)
     lines = [
         f"# Benchmark report: {suite_name}", "",
@@ -425,6 +442,9 @@ def _readme(suite_name: str, boards: dict[str, dict[str, Any]], results: list[di
         "- Bold marks the single best value of a setting when it beats the chance row: ties are not bold, nor "
         f"is a value equal to chance. † marks a TPR at 1% FPR measured on fewer than {MIN_NEGATIVES_FOR_TPR} "
         "negatives, where it cannot be read as such.",
+        f"- {AT_CHANCE} marks a primary metric whose 95% interval includes the chance row's value (AUROC 0.5, "
+        "PCC 0): the test split cannot tell that row from chance. The section *At chance* lists those rows "
+        "with the suite's note on why.",
         "- Copy detection, like for like: each method's row is what it ships. `· raw` is the raw similarity "
         "of a method that outputs one, as the level 5 × clamp(similarity, 0, 1). `· iso(train)` is the same "
         "isotonic map for every method, from its raw score (the similarity, or else the predicted level) to "
@@ -441,6 +461,8 @@ def _readme(suite_name: str, boards: dict[str, dict[str, Any]], results: list[di
         for row in board["rows"]:
             cells = [f"**{_cell(row, m, True)}**" if (row["setting"], row["label"], m) in board["best"]
                      else _cell(row, m, True) for m in board["metrics"]]
+            if row.get("at_chance"):
+                cells[0] += f" {AT_CHANCE}"  # the primary metric comes first
             body.append([row["label"], *([row["setting"]] if several else []), str(row["seeds"] or "-"),
                          str(row["n_test"] or "-"), *cells])
         lines += _md_table(headers, body)
@@ -456,6 +478,7 @@ def _readme(suite_name: str, boards: dict[str, dict[str, Any]], results: list[di
                 for row in board["rows"] if row["kind"] != CHANCE]
         lines += ["Cost per seed (mean over seeds):", ""]
         lines += _md_table(["method", *(["setting"] if several else []), *COST_HEADERS], body)
+    lines += _at_chance(boards, notes)
     used = [m for board in boards.values() for m in board["metrics"]]
     used += [m for board in boards.values() for row in board["rows"] for v in (row.get("breakdown") or {}).values()
              for m in v]
@@ -479,10 +502,35 @@ def _readme(suite_name: str, boards: dict[str, dict[str, Any]], results: list[di
         lines += ["## Plots", "", "ROC curves are drawn on a log false-positive-rate axis (an FPR of 0 at half "
                   "of one negative); the dot on each curve is the method's operating point, its decision on "
                   "the test split.", ""] + [f"![{p.stem}]({p.as_posix()})" for p in plots] + [""]
-    if artifacts:
-        lines += ["## Method artifacts", ""] + [f"![{p.stem}]({p.as_posix()})" for p in artifacts] + [""]
+    if sheets:
+        lines += ["## Contact sheets", "", "One sheet per job whose predictions name a picture per test image: "
+                  "each row is one image as the method drew it, with its file name, true label, score and "
+                  f"decision, sorted by score (highest first). A sheet holds at most {SHEET_ROWS} images: past "
+                  "that, the half with the highest and the half with the lowest scores.", ""]
+        lines += [f"![{p.stem}]({p.as_posix()})" for p in sheets] + [""]
     lines += ["## Environment", "", "See `environment.json` (versions of every dependency, hardware).", ""]
     return "\n".join(lines)
+
+
+def _at_chance(boards: dict[str, dict[str, Any]], notes: dict[str, str]) -> list[str]:
+    """The section listing every row whose primary-metric interval includes chance, with the suite's note."""
+    body = []
+    for task, board in boards.items():
+        primary = board["primary"]
+        for row in board["rows"]:
+            if not row.get("at_chance"):
+                continue
+            mean, _, low, high = row["metrics"][primary]
+            why = notes.get(row["label"]) or notes.get(row["method"]) or NO_NOTE
+            body.append([task, row["label"], row["setting"], f"`{primary}`", f"{mean:.3f}", f"[{low:.2f}, {high:.2f}]",
+                         f"{board['chance'][row['setting']]:g}", str(row["seeds"] or "-"), str(row["n_test"] or "-"),
+                         why])
+    if not body:
+        return []
+    return ["## At chance", "", "The 95% interval of the primary metric includes the chance value for these rows, "
+            "so their test split cannot tell them from chance (the note is the suite's, by row label or method "
+            "name):", "", *_md_table(["task", "method", "setting", "metric", "mean", "95% CI", "chance", "seeds",
+                                      "n", "why"], body)]
 
 
 # ------------------------------------------------------------------------------------------ plots
@@ -644,26 +692,63 @@ def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure laid out as it was made keeps its layout
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def copy_artifacts(results: list[dict[str, Any]], output: Path) -> list[Path]:
-    """Copy the PNG files jobs wrote under an ``artifacts/`` folder into ``<output>/artifacts/<job id>/``."""
-    target_root = output / "artifacts"
-    if target_root.exists():
-        shutil.rmtree(target_root)
-    copied = []
+def write_sheets(results: list[dict[str, Any]], output: Path) -> list[Path]:
+    """A contact sheet per job whose test predictions name a picture per image (``artifact``); paths relative to output.
+
+    Each row is one image: the picture the method wrote, then its file name, true label, score and decision.
+    Rows go by score, highest first; past ``SHEET_ROWS`` images, the highest and the lowest halves are shown.
+    The pictures stay where the job wrote them.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zoo.tasks import get_task
+
+    folder = output / "sheets"
+    if folder.exists():
+        shutil.rmtree(folder)
+    written = []
     for r in results:
-        job_dir = output / "jobs" / r["id"]
-        for png in sorted(job_dir.glob("**/artifacts/**/*.png")) if job_dir.is_dir() else []:
-            target = target_root / r["id"] / png.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(png, target)
-            copied.append(target.relative_to(output))
-    return copied
+        if r.get("status") != "ok":
+            continue
+        rows = [p for p in read_predictions(output, r) if p.get("artifact") and Path(p["artifact"]).is_file()]
+        scores = _column(rows, "score")
+        if scores is None:
+            continue
+        spec = get_task(r["task"])
+        names = {"1": spec.positive, "0": spec.negative} if spec.binary else {}
+        colours = {spec.positive: "tab:red", spec.negative: "tab:blue"} if spec.binary else {}
+        order = sorted(range(len(rows)), key=lambda i: -scores[i])
+        half = SHEET_ROWS // 2
+        shown = order if len(order) <= SHEET_ROWS else order[:half] + order[-half:]
+        fig, axes = plt.subplots(len(shown), 2, figsize=(6, 0.7 + 0.9 * len(shown)), squeeze=False,
+                                 gridspec_kw={"width_ratios": [1, 1]}, layout="constrained")
+        for (picture, caption), i in zip(axes, shown, strict=True):
+            row = rows[i]
+            picture.imshow(plt.imread(row["artifact"]))
+            label = names.get(row.get("true_label", ""), row.get("source", ""))
+            decision = names.get(row.get("decision", ""), "-")
+            caption.text(0, 0.5, f"#{order.index(i) + 1} {Path(row.get('id') or row['artifact']).name}\n"
+                         f"{label or '(no label)'}\nscore {scores[i]:.4g}, decided {decision}", va="center", fontsize=8,
+                         color=colours.get(label, "black"))
+            for ax in (picture, caption):
+                ax.axis("off")
+        field = spec.prediction.get("artifact")
+        capped = "" if len(shown) == len(order) else (
+            f"\n{len(shown)} of {len(order)} images: the {half} highest and the {half} lowest scores")
+        fig.suptitle(f"{r['label']} ({r['setting']}, seed {r['seed']}): test split by score, highest first{capped}\n"
+                     f"{field.doc if field else 'the picture'} | rank, image, true label, score", fontsize=9)
+        written.append(_save(fig, folder / f"sheet_{_slug(r['id'])}.png"))
+    return [p.relative_to(output) for p in written]
 
 
 # ------------------------------------------------------------------------------------------ environment
