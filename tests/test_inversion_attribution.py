@@ -301,3 +301,11 @@ def test_complexity_is_the_released_global_2d_entropy() -> None:
         grey_image = np.zeros((4, 4), np.uint8)
         grey_image[:2] = value
         assert math.isclose(float(entropy_2d(image)), _released_entropy_2d(grey_image), rel_tol=1e-6)
+
+
+def test_bfloat16_precision_applies_on_cuda_only(mini_root: Path, mini_generator) -> None:
+    """On the CPU the generator runs in fp32 whatever ``precision`` says (CPU bf16 is emulated and slow)."""
+    real = _load(mini_root / "val" / "real")[:2]
+    fp32 = Inverter(mini_generator, iterations=3, restarts=1).invert(real)
+    bf16 = Inverter(mini_generator, iterations=3, restarts=1, autocast_dtype=torch.bfloat16).invert(real)
+    assert torch.equal(fp32.loss, bf16.loss)

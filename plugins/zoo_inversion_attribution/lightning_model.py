@@ -41,7 +41,8 @@ class InversionAttribution(ZooModule):
         patience: stop early after this many iterations without a relative ``tolerance`` improvement
             (0: never).
         tolerance: see ``patience``.
-        precision: ``float32`` or ``bfloat16`` (autocast of the generator; input and Adam stay fp32).
+        precision: ``float32`` or ``bfloat16`` (autocast of the generator on CUDA; always fp32 on the CPU; input and
+            Adam stay fp32).
         calibration: a folder of images the model itself generated; ``mini`` names the mini suite's;
             None generates ``calibration_size`` images with the generator (saved-as-8-bit precision).
         calibration_size: images generated for the calibration when ``calibration`` is None.
