@@ -212,6 +212,23 @@ def test_captions_requested_but_missing(tmp_path):
         FakeImageFolders(str(tmp_path), generators=["gen"], captions=True).setup()
 
 
+def test_max_samples_keeps_a_seeded_slice_of_each_split_in_order(tmp_path):
+    image = _png(_rgb())
+    _drep_shard(tmp_path / "train.parquet", [(f"p{i:02d}", i % 6, image, image) for i in range(20)])
+    _drep_shard(tmp_path / "test.parquet", [(f"t{i}", i % 6, image, image) for i in range(3)])
+    paths = {"train": str(tmp_path / "train.parquet"), "test": str(tmp_path / "test.parquet")}
+    dm = DRepParquet(**paths, val_fraction=0.25, max_samples=4, seed=1)
+    dm.setup()
+    train = [r.id for r in dm.splits["train"]]
+    assert len(train) == 4 and train == sorted(train) and len(dm.splits["val"]) == 4
+    assert len(dm.splits["test"]) == 3  # a smaller split is kept whole
+    again = DRepParquet(**paths, val_fraction=0.25, max_samples=4, seed=1)
+    again.setup()
+    assert [r.id for r in again.splits["train"]] == train
+    with pytest.raises(ZooError, match="max_samples=0"):
+        DRepParquet(**paths, max_samples=0)
+
+
 def test_unknown_perturbation_is_refused(tmp_path):
     _folders(tmp_path, {"real": 1, "gen": 1})
     with pytest.raises(ZooError, match="perturb='blur'"):

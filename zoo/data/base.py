@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,8 @@ class ZooDataModule(pl.LightningDataModule):
         perturb: degrade the test images as images suffer in the wild, for robustness rows:
             ``jpeg75`` (JPEG re-compression at quality 75) or ``half`` (resized to half size). The
             train and validation images are left as they are.
+        max_samples: keep at most this many samples of each split, a draw seeded by ``seed`` in the split's
+            order (a quick run of a config on a slice of its data); None keeps them all.
     """
 
     task: ClassVar[str] = ""
@@ -114,8 +117,11 @@ class ZooDataModule(pl.LightningDataModule):
         skip_bad_images: bool = False,
         seed: int = 0,
         perturb: str | None = None,
+        max_samples: int | None = None,
     ) -> None:
         super().__init__()
+        if max_samples is not None and max_samples < 1:
+            raise ZooError(f"max_samples={max_samples}: keep at least one sample of each split, or None for all")
         if perturb not in PERTURBATIONS:
             raise ZooError(f"perturb={perturb!r}: choose one of {', '.join(map(str, PERTURBATIONS))}")
         self.perturb = perturb
@@ -124,6 +130,7 @@ class ZooDataModule(pl.LightningDataModule):
         self.limits = ImageLimits(max_pixels=max_pixels)
         self.skip_bad_images = skip_bad_images
         self.seed = seed
+        self.max_samples = max_samples
         self.transform: Callable[[Image.Image], Tensor] = default_transform(image_size)
         self.splits: dict[str, list[Any]] = {}
         self.skipped: dict[str, list[tuple[str, str]]] = {}
@@ -139,6 +146,9 @@ class ZooDataModule(pl.LightningDataModule):
             records = self.load_split(split)
             if self.skip_bad_images:
                 records = self._drop_unreadable(split, records)
+            if self.max_samples is not None and len(records) > self.max_samples:
+                kept = sorted(random.Random(self.seed).sample(range(len(records)), self.max_samples))
+                records = [records[i] for i in kept]
             self.splits[split] = records
 
     def _drop_unreadable(self, split: str, records: list[Any]) -> list[Any]:
