@@ -1,7 +1,8 @@
 """Benchmark suites: a YAML file of tasks, methods, datamodules, seeds and grids, expanded into jobs.
 
 A suite names methods by their registry names, so a method installed by a third party's plugin is
-benchmarked like a built-in one. ``methods: all`` takes every registered method of the task.
+benchmarked like a built-in one. ``methods: all`` takes every registered method of the task; a method also
+listed by name runs as listed (``methods: [all, {name: CGIDM, variant: mini}]``: CGIDM with its mini variant).
 
 Example:
     .. code-block:: yaml
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import itertools
 import json
 import re
@@ -195,6 +197,9 @@ def parse_suite(
         rows = []
         for i, entry in enumerate(entries):
             rows += _method_rows(entry, task, default_variant, where, f"{key}.methods[{i}]", import_failures)
+        # a method listed by name as well as by 'all' runs as listed, once
+        named = {row["name"] for row in rows if not row["from_all"]}
+        rows = [row for row in rows if not (row["from_all"] and row["name"] in named)]
         for row in rows:
             if data is None and row["data"] is None:
                 raise ZooError(f"{where}: key {key}.data is missing, and {row['label']} has no config file "
@@ -242,8 +247,8 @@ def _method_rows(entry: Any, task: str, default_variant: str, where: str, key: s
     if entry == "all":
         loaded, failed = registry.methods.load_all()
         failures.update({name: str(err) for name, err in failed.items()})
-        return [_row(cls, name, default_variant, {}, {}, None, where, key) for name, cls in loaded.items()
-                if cls.task == task]
+        return [{**_row(cls, name, default_variant, {}, {}, None, where, key), "from_all": True}
+                for name, cls in loaded.items() if cls.task == task]
     if isinstance(entry, str):
         entry = {"name": entry}
     entry = _mapping(entry, where, key)
@@ -277,6 +282,7 @@ def _method_rows(entry: Any, task: str, default_variant: str, where: str, key: s
     row = _row(cls, cls.__name__, variant, init_args, {**config_trainer, **trainer}, entry.get("label"), where, key,
                config_name)
     row["data"] = config_data
+    row["from_all"] = False
     return [row]
 
 
@@ -297,10 +303,15 @@ def _job(task: str, row: dict[str, Any], data: dict[str, Any], trainer: dict[str
          point: dict[str, Any], seed: int, where: str) -> Job:
     cls = row["cls"]
     entry = registry.methods.entries.get(row["name"])
+    init_args = copy.deepcopy(row["init_args"])
+    if "seed" in inspect.signature(cls.__init__).parameters and "seed" not in init_args:
+        # a method's own seed (its noise draws, random starts, augmentations) follows the job's, so that the
+        # seeds of a suite are different runs of every method
+        init_args["seed"] = seed
     config: dict[str, Any] = {
         "seed_everything": seed,
         "model": {"class_path": entry.class_path if entry else f"{cls.__module__}.{cls.__name__}",
-                  "init_args": copy.deepcopy(row["init_args"])},
+                  "init_args": init_args},
         "data": copy.deepcopy(data),
         "trainer": {**TRAINER_DEFAULTS, **row["trainer"], **trainer},
     }
