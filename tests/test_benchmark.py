@@ -145,6 +145,18 @@ def test_suite_expands_grids_seeds_and_overrides(plugins, tmp_path):
     assert by_config.name == "c" and job.label == "EdgeEnergy-steep" and job.variant == "steep"
     assert job.config["model"]["init_args"] == {"scale": 3.0} and job.config["trainer"]["max_epochs"] == 4
     assert job.config["data"]["init_args"] == {"perturb": "half"}
+    # 'all' and a method listed by name: the named entry replaces that method's 'all' row
+    both = parse_suite({"tasks": {"fake_detection": {"data": "MiniFakeDetection", "methods": [
+        "all", {"name": "EdgeEnergy", "init_args": {"scale": 5.0}}]}}}, "all.yaml")
+    edge = [j for j in both.jobs if j.method == "EdgeEnergy"]
+    assert len(edge) == 1 and edge[0].config["model"]["init_args"] == {"scale": 5.0}
+    assert {"ImageStatsDetector", "CNNDetector"} <= {j.method for j in both.jobs}
+    # a method's own seed argument follows the job's seed, unless the suite fixes it
+    seeded = parse_suite({"seeds": [0, 3], "tasks": {"copyright": {"data": "MiniCopyright", "methods": [
+        "CGIDM", {"name": "CGIDM", "label": "fixed", "init_args": {"seed": 9}}]}}}, "seeded.yaml")
+    assert sorted((j.label, j.seed, j.config["model"]["init_args"]["seed"]) for j in seeded.jobs) == [
+        ("CGIDM-tiny", 0, 0), ("CGIDM-tiny", 3, 3), ("fixed", 0, 9), ("fixed", 3, 9)]
+    assert "seed" not in job.config["model"]["init_args"]  # EdgeEnergy takes no seed
     # filters
     assert {j.method for j in parse_suite(raw, "grid.yaml", methods=["edge2"]).jobs} == {"EdgeEnergy"}
     assert {j.seed for j in parse_suite(raw, "grid.yaml", seeds=[7]).jobs} == {7}
@@ -636,3 +648,35 @@ def test_a_job_with_a_picture_per_image_gets_one_labelled_contact_sheet(tmp_path
     assert texts[0].splitlines() == ["#1 29.png", "member", "score 0.29, decided member"]
     assert texts[-1].splitlines() == [f"#{SHEET_ROWS + 6} 28.png", "hold-out", "score -0.28, decided hold-out"]
     assert len(list(pictures.glob("*.png"))) == SHEET_ROWS + 6  # the job keeps its pictures
+
+
+def test_each_negative_source_gets_its_own_interval(tmp_path):
+    """Attribution's per-source rows: the sibling that the score separates, and one it cannot, with intervals."""
+    import numpy as np
+
+    from zoo.bench import stats
+    from zoo.bench.report import write_report
+
+    rng = np.random.default_rng(1)
+    out = tmp_path / "report"
+    sources = ["generated"] * 40 + ["sibling"] * 40 + ["lookalike"] * 40
+    labels = np.array([1] * 40 + [0] * 80)
+    score = np.concatenate([rng.normal(2, 1, 40), rng.normal(0, 1, 40), rng.normal(2, 1, 40)])
+    rows = [{"score": f"{v:.4f}", "decision": int(v > 1), "id": f"{s}{i}.png", "true_label": int(y), "source": s}
+            for i, (v, y, s) in enumerate(zip(score, labels, sources, strict=True))]
+    result = _fake_job(out, "attribution--Inv-tiny-s0", "attribution", "Inv-tiny", rows)
+    result["metrics"] = stats.point(stats.binary_scorer(score, score > 1, labels), len(labels))
+    for source in ("sibling", "lookalike"):
+        keep = (labels == 1) | (np.array(sources) == source)
+        logged = stats.point(stats.binary_scorer(score[keep], score[keep] > 1, labels[keep]), int(keep.sum()))
+        result["metrics"].update({f"{source}/auroc": logged["auroc"], f"{source}/acc": logged["acc"],
+                                  f"{source}/auroc_raw": logged["auroc"]})
+    write_report([result], out, "synthetic")
+    with (out / "summary.csv").open() as f:
+        summary = {r["metric"]: r for r in csv.DictReader(f)}
+    assert float(summary["sibling/auroc"]["ci_low"]) > 0.5  # separated, and the interval says so
+    assert float(summary["lookalike/auroc"]["ci_low"]) <= 0.5 <= float(summary["lookalike/auroc"]["ci_high"])
+    assert summary["sibling/acc"]["ci_low"] and not summary["sibling/auroc_raw"]["ci_low"]  # not recomputable
+    readme = (out / "README.md").read_text()
+    sibling = next(line for line in readme.splitlines() if line.startswith("| Inv-tiny | sibling"))
+    assert f"[{float(summary['sibling/auroc']['ci_low']):.2f}, {float(summary['sibling/auroc']['ci_high']):.2f}]" in sibling

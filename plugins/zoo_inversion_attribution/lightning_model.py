@@ -244,7 +244,9 @@ def source_report(raw: Tensor, calibrated: Tensor, decision: Tensor, label: Tens
         if lab.min() != lab.max():
             # rank-normalised first: torchmetrics squashes scores outside [0, 1] by a sigmoid, which can tie them
             report[f"{prefix}auroc_raw"] = float(binary_auroc(dense_rank(raw[keep]).float(), lab))
-            report[f"{prefix}auroc_calibrated"] = float(binary_auroc(dense_rank(calibrated[keep]).float(), lab))
+            # per source, the calibrated score's AUROC is the task's own `auroc` (the score predictions carry)
+            report[f"{prefix}auroc" if prefix else "auroc_calibrated"] = float(
+                binary_auroc(dense_rank(calibrated[keep]).float(), lab))
     return report
 
 

@@ -47,8 +47,8 @@ GLOSSARY = {
     "rd": ("relative deviation: mean |predicted - true| level / 5", "lower"),
     "muap": ("micro average precision of 'level >= 3' ranked by the predicted level, ties ranked "
              "pessimistically (ISC2021)", "higher"),
-    "auroc_raw": ("AUROC of the method's raw score, against one negative source (breakdown rows)", "higher"),
-    "auroc_calibrated": ("AUROC of the method's calibrated score, against one negative source", "higher"),
+    "auroc_raw": ("AUROC of the method's raw score (overall, and against one negative source)", "higher"),
+    "auroc_calibrated": ("AUROC of the method's calibrated score", "higher"),
 }
 BASE_COLUMNS = ["id", "task", "method", "label", "variant", "dataset", "setting", "seed", "status"]
 COST_COLUMNS = ["params", "epochs", "steps", "train_size", "fit_s", "test_s", "wall_s", "cpu_s", "peak_rss_mb",
@@ -248,7 +248,7 @@ def leaderboards(results: list[dict[str, Any]], output: Path) -> dict[str, dict[
             rows.append(_row(task, setting, label, "method", runs, logged, scorers, preds, runs[0].get("train_size")))
             breakdown = [{k: v for k, v in r["metrics"].items() if "/" in k} for r in runs]
             if any(breakdown):
-                rows[-1]["breakdown"] = _breakdown(breakdown)
+                rows[-1]["breakdown"] = _breakdown(breakdown, preds if spec.binary else [])
             if task == "copy_detection":
                 rows += _copy_rows(task, setting, label, runs, preds, output)
             if setting not in chance and preds[0]:
@@ -273,15 +273,31 @@ def leaderboards(results: list[dict[str, Any]], output: Path) -> dict[str, dict[
     return boards
 
 
-def _breakdown(per_seed: list[dict[str, float]]) -> dict[str, dict[str, tuple[float | None, float | None]]]:
-    """``source/metric`` entries as {source: {metric: (mean, std)}}."""
-    out: dict[str, dict[str, tuple[float | None, float | None]]] = defaultdict(dict)
+def _breakdown(per_seed: list[dict[str, float]], preds: list[list[dict[str, str]]]) -> dict[str, dict[str, tuple]]:
+    """``source/metric`` entries as {source: {metric: (mean, std, ci_low, ci_high)}}.
+
+    A binary task's metrics that the predictions recompute (``auroc``, ``acc``, ...) get the same bootstrap
+    interval as the table's rows, on the positives and that source's negatives (the ``source`` column).
+    """
+    out: dict[str, dict[str, tuple]] = defaultdict(dict)
     keys: list[str] = []
     for values in per_seed:
         keys += [k for k in values if k not in keys]
     for key in keys:
         source, metric = key.rsplit("/", 1)
-        out[source][metric] = _mean_std([v.get(key) for v in per_seed])
+        out[source][metric] = (*_mean_std([v.get(key) for v in per_seed]), None, None)
+    for source, metrics in out.items():
+        subsets = [[r for r in p if r.get("source") == source or _column([r], "true_label") == [1.0]] for p in preds]
+        if not subsets or not all(any(r.get("source") == source for r in sub) for sub in subsets):
+            continue
+        scorers = [_scorer("", True, sub) for sub in subsets]
+        if any(scorer is None for scorer in scorers):
+            continue
+        ids = [[r.get("id") for r in sub] for sub in subsets]
+        ci = stats.bootstrap_ci(scorers, [len(sub) for sub in subsets], shared=all(i == ids[0] for i in ids))  # type: ignore[arg-type]
+        for metric, (mean, std, _, _) in metrics.items():
+            if metric in ci:
+                metrics[metric] = (mean, std, *ci[metric])
     return dict(out)
 
 
@@ -328,9 +344,9 @@ def write_summary(boards: dict[str, dict[str, Any]], path: Path) -> None:
                     writer.writerow([task, row["label"], row["setting"], metric, _num(mean), _num(std), _num(low),
                                      _num(high), row["seeds"], row["n_test"] if row["n_test"] is not None else ""])
                 for source, values in (row.get("breakdown") or {}).items():
-                    for metric, (mean, std) in values.items():
+                    for metric, (mean, std, low, high) in values.items():
                         writer.writerow([task, row["label"], row["setting"], f"{source}/{metric}", _num(mean),
-                                         _num(std), "", "", row["seeds"], ""])
+                                         _num(std), _num(low), _num(high), row["seeds"], ""])
 
 
 def _num(value: float | None) -> str:
@@ -396,7 +412,7 @@ def print_tables(boards: dict[str, dict[str, Any]], console: Any) -> None:
             for row in breakdown:
                 for source, values in row["breakdown"].items():
                     sub.add_row(row["label"], *([row["setting"]] if several else []), source,
-                                *[_cell({"metrics": {m: (*values.get(m, (None, None)), None, None)}}, m) for m in names])
+                                *[_cell({"metrics": {m: values.get(m, (None,) * 4)}}, m, True) for m in names])
             console.print(sub)
         cost = Table(title=f"{task}: cost per seed (mean)")
         for column in ("method", *(["setting"] if several else []), *COST_HEADERS):
@@ -434,8 +450,9 @@ def _readme(suite_name: str, boards: dict[str, dict[str, Any]], results: list[di
         "The interval is a two-level percentile bootstrap (1000 replicates): each replicate resamples the "
         "seeds and the test samples with replacement (the same samples for every seed tested on the same "
         "split), scores each seed on the resample and averages; it covers the small test split's sampling "
-        "noise and the seed spread together. Metrics that the predictions cannot recompute (the decision "
-        "threshold, per-source breakdowns) have no interval.",
+        "noise and the seed spread together. Against each negative source, the predictions' own metrics "
+        "(`auroc`, `acc`) are resampled on the positives and that source's negatives. Metrics that the "
+        "predictions cannot recompute (the decision threshold, a method's other scores) have no interval.",
         "- `n` is the number of test samples. The `chance` row of each setting is what a majority-class "
         "decision and a random score get (copy detection: a random ranking, and for `rd` the best constant "
         "level, the test median).",
@@ -470,7 +487,7 @@ def _readme(suite_name: str, boards: dict[str, dict[str, Any]], results: list[di
         if breakdown:
             names = sorted({m for row in breakdown for v in row["breakdown"].values() for m in v})
             body = [[row["label"], *([row["setting"]] if several else []), source,
-                     *[_cell({"metrics": {m: (*values.get(m, (None, None)), None, None)}}, m) for m in names]]
+                     *[_cell({"metrics": {m: values.get(m, (None,) * 4)}}, m, True) for m in names]]
                     for row in breakdown for source, values in row["breakdown"].items()]
             lines += [f"Against each negative source ({task}):", ""]
             lines += _md_table(["method", *(["setting"] if several else []), "negatives", *names], body)
