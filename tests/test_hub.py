@@ -539,3 +539,11 @@ def test_list_pretrained_shows_source_and_verification(plugins, monkeypatch, tmp
     assert main(["download", "stats.github"]) == 2  # not on the Hub: says where it is and how to convert it
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "zoo convert --released ReleasedStats" in err, err
+    # SSCD's files are served at a download address: listed unverified, with the address and the converter
+    for name in ("sscd.disc_mixup", "sscd.disc_advanced", "sscd.disc_blur"):
+        assert f"UNVERIFIED: no sha256 pinned for {name.replace('.', '_')}.torchscript.pt" in rows[name]
+        assert "@" not in rows[name].split("│")[3]  # an address has no revision
+    assert "https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_mixup.torchscript.pt" in out
+    assert main(["download", "sscd.disc_mixup"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "at a download address" in err and "zoo convert --released SSCD" in err

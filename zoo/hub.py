@@ -56,7 +56,10 @@ ZOO_BIBTEX = """@software{provenance_zoo,
   year = {2026}
 }"""
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-REPO_TYPES = ("model", "dataset", "space", "github")
+REPO_TYPES = ("model", "dataset", "space", "github", "url")
+# files the authors release outside the Hub (a GitHub repository, a download URL): fetched by hand and
+# turned into a zoo checkpoint by `zoo convert --released`
+BY_HAND = ("github", "url")
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ class Pretrained:
     method: str
     repo_id: str
     revision: str = "main"
-    # a Hub repo type, or "github" for a file the authors release only in their GitHub repository
+    # a Hub repo type, "github" for a file the authors release only in their GitHub repository, or "url"
+    # for one they serve from a download address (``repo_id`` is then that address's folder)
     repo_type: str = "model"
     # a file released by the paper's authors, converted by the method's importer (None: a zoo checkpoint)
     filename: str | None = None
@@ -89,6 +93,11 @@ class Pretrained:
     def verification(self) -> str:
         """The verification state, in words."""
         branch = "" if _COMMIT.fullmatch(self.revision) else f"revision {self.revision!r} is a branch, not a commit"
+        if self.repo_type == "url":  # a download address has no revision
+            if self.verified:
+                return f"sha256 pinned; check the file you download: sha256 {self.sha256[self.filename]}"
+            return (f"UNVERIFIED: no sha256 pinned for {self.filename}; a file served at an address can change, "
+                    "and nothing checks the one you download")
         if self.verified and self.repo_type == "github":  # downloaded by hand: the digest is for the user to check
             return ("sha256 pinned" + (f" ({branch})" if branch else f" at commit {self.revision[:12]}")
                     + f"; check the file you download: sha256 {self.sha256[self.filename]}")
@@ -178,9 +187,10 @@ def _fetch(source: str | Path, *, revision: str | None, cache_dir: str | None, l
     known = known_checkpoints()
     if text in known:
         entry = known[text]
-        if entry.repo_type == "github":
+        if entry.repo_type in BY_HAND:
+            where = "on GitHub" if entry.repo_type == "github" else "at a download address"
             raise ZooError(
-                f"{text} is released on GitHub, not on the Hugging Face Hub: download {entry.filename} from "
+                f"{text} is released {where}, not on the Hugging Face Hub: download {entry.filename} from "
                 f"{entry.source or 'github.com/' + entry.repo_id} and convert it with `zoo convert --released "
                 f"{entry.method} <file> <folder>`"
             )
@@ -725,7 +735,7 @@ def cmd_download(argv: list[str]) -> int:
                         help="download again even if cached (after a sha256 mismatch, for instance)")
     args = parser.parse_args(argv)
     entry = known_checkpoints().get(args.source)
-    if entry is not None and not entry.verified:
+    if entry is not None and not entry.verified and entry.repo_type not in BY_HAND:  # nothing is fetched by hand
         print(f"zoo: warning: {args.source} is {entry.verification()}", file=sys.stderr)
     print(download(args.source, revision=args.revision, cache_dir=args.cache_dir, force=args.force,
                    token=args.token))
@@ -742,10 +752,11 @@ def print_pretrained(console: Any) -> int:
     for column in ("method", "source", "verification", "description"):
         table.add_column(column, overflow="fold")
     for name, entry in known_checkpoints().items():
-        where = {"model": "", "github": "github.com/"}.get(entry.repo_type, f"{entry.repo_type}s/")
-        source = f"{where}{entry.repo_id}@{entry.revision}"
-        if entry.repo_type == "github":
-            source += f"/{entry.filename}\n(released by the authors on GitHub; `zoo convert --released {entry.method}`)"
+        where = {"model": "", "github": "github.com/", "url": ""}.get(entry.repo_type, f"{entry.repo_type}s/")
+        source = f"{where}{entry.repo_id}" + ("" if entry.repo_type == "url" else f"@{entry.revision}")
+        if entry.repo_type in BY_HAND:
+            how = "on GitHub" if entry.repo_type == "github" else "for download"
+            source += f"/{entry.filename}\n(released by the authors {how}; `zoo convert --released {entry.method}`)"
         elif entry.filename:
             source += f"/{entry.filename}\n(released by the authors; converted on download)"
         if entry.source:
