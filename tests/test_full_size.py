@@ -159,12 +159,13 @@ def test_real_config_runs_at_full_size(config: Path, stable_diffusion: dict[str,
     from zoo.bench.suite import parse_suite
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # pretrained downloads off: a download attempt fails the job
-    model = yaml.safe_load(config.read_text())["model"]
+    whole = yaml.safe_load(config.read_text())
+    model = whole["model"]
     method = model["class_path"].rsplit(".", 1)[-1]
     task = registry.methods.load(method).task
     entry = {"config": str(config), "init_args": overrides(method, model.get("init_args", {}), stable_diffusion)}
     data = {"batch_size": 2, "max_samples": 8}
-    if (yaml.safe_load(config.read_text()).get("data") or {}).get("init_args", {}).get("captions"):
+    if (whole.get("data") or {}).get("init_args", {}).get("captions"):
         data["captions"] = True  # a text-conditioned method needs the mini set's captions
     raw = {"name": "full_size", "seeds": [0], "trainer": TRAINER,
            "tasks": {task: {"data": {"class_path": DATA[task], "init_args": data}, "methods": [entry]}}}

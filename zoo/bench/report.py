@@ -287,7 +287,7 @@ def _breakdown(per_seed: list[dict[str, float]], preds: list[list[dict[str, str]
         source, metric = key.rsplit("/", 1)
         out[source][metric] = (*_mean_std([v.get(key) for v in per_seed]), None, None)
     for source, metrics in out.items():
-        subsets = [[r for r in p if r.get("source") == source or _column([r], "true_label") == [1.0]] for p in preds]
+        subsets = [[r for r in p if r.get("source") == source or float(r.get("true_label") or 0) == 1] for p in preds]
         if not subsets or not all(any(r.get("source") == source for r in sub) for sub in subsets):
             continue
         scorers = [_scorer("", True, sub) for sub in subsets]
