@@ -177,6 +177,32 @@ def test_token_i_stands_for_level_5_minus_i() -> None:
         assert out["pdf"][0].argmax().item() == 5 - token
 
 
+def _released_level(pdf_features_real: torch.Tensor, pdf_features_gen: torch.Tensor) -> torch.Tensor:
+    """WangWenhao0716/PDF-Embedding, README.md "Matching" (the released rule), as a function: the level."""
+    cosine_similarity = F.cosine_similarity(pdf_features_real, pdf_features_gen, dim=2)
+    _, indices = torch.max(cosine_similarity, dim=1)
+    return (5 - indices).float()
+
+
+def test_an_exact_tie_takes_the_released_highest_level() -> None:
+    """Row "pairing and level": on an exact tie the release's torch.max takes the first token, the highest level."""
+    model = PDFEmbedding.from_variant("tiny", level_from="argmax").eval()
+    d = TINY_VIT["embed_dim"]
+    gen = torch.zeros(2, 6, d)
+    gen[..., 0] = 1.0
+    real = gen.clone()
+    real[0, [0, 2, 3, 5], 0] = -1.0  # tokens 1 and 4 tie (cosine 1): levels 4 and 1
+    real[1, :, 0] = 0.0
+    real[1, :, 1] = 1.0
+    real[1, [2, 5], 0] = 1.0  # tokens 2 and 5 tie at cos 1/sqrt(2), below the exact-copy rule: levels 3 and 0
+    released = _released_level(real, gen)
+    assert released.tolist() == [4.0, 3.0]
+    with torch.no_grad():
+        out = model.pair_from_embeddings(F.normalize(gen, dim=-1).flatten(1) / math.sqrt(6),
+                                         F.normalize(real, dim=-1).flatten(1) / math.sqrt(6))
+    torch.testing.assert_close(out["level"], released)
+
+
 def test_regression_variant_predicts_a_scalar() -> None:
     model = PDFEmbedding.from_variant("tiny", target="regression").eval()
     with torch.no_grad():

@@ -147,7 +147,10 @@ class PDFEmbedding(ZooModule):
         else:
             out["pdf"] = pdf = self.net.level_logits(sims).float().softmax(dim=1)
             if self.level_from == "argmax":
-                level = pdf.argmax(dim=1).float()
+                # as released (README "Matching"): torch.max over the token cosines, whose first maximum is
+                # the lowest token, i.e. the highest level on an exact tie (an argmax over the PDF indexed by
+                # level would take the lowest)
+                level = (MAX_LEVEL - sims.float().argmax(dim=1)).float()
             else:
                 level = pdf @ torch.arange(NUM_LEVELS, device=pdf.device, dtype=pdf.dtype)
         out["level"] = torch.where(exact, torch.full_like(level, MAX_LEVEL), level)
