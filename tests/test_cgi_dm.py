@@ -404,3 +404,50 @@ def test_image_transform_resizes_the_shorter_side_and_crops_the_centre(mini_mode
     assert float(out[0].max()) < 0.05  # the band is cropped away, not squashed in
     grey = model.image_transform()(Image.new("L", (size, size), 128))
     assert grey.shape == (3, size, size)
+
+
+def _released_dino_preprocess():
+    """Nicholas0228/Revelio, dino_distance.py, ImageEmbedder.__init__: the released DINO pre-processing."""
+    from torchvision import transforms as pth_transforms
+
+    return pth_transforms.Compose([
+        pth_transforms.Resize(256, interpolation=3),
+        pth_transforms.CenterCrop(224),
+        pth_transforms.ToTensor(),
+        pth_transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])
+
+
+def test_dino_config_preprocesses_as_the_released_resize_256_and_crop_224():
+    """Row "DINO feature": configs/cgi_dm/sd14_dreambooth_dino.yaml resizes to 256 (bicubic), crops 224."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from zoo_cgi_dm.lightning_model import CGIDM
+
+    args = yaml.safe_load((ROOT / "configs/cgi_dm/sd14_dreambooth_dino.yaml").read_text())["model"]["init_args"]
+    scorer = CGIDM._build_scorer(args["encoder"], False, args.get("encoder_kwargs"), args["encoder_blocks"],
+                                 args.get("encoder_resize"))
+    resize, crop = scorer.geometry
+    assert (resize.size, resize.interpolation) in (([256], InterpolationMode.BICUBIC), (256, InterpolationMode.BICUBIC))
+    assert list(crop.size) == [224, 224]
+    gen = np.random.default_rng(0)
+    pixels = gen.integers(0, 256, (6, 8, 3)).repeat(50, axis=0).repeat(50, axis=1).astype(np.uint8)  # 300 x 400
+    image = torch.from_numpy(pixels).permute(2, 0, 1).float()[None] / 255
+    reference = _released_dino_preprocess()(Image.fromarray(pixels))[None]
+    ours = scorer.preprocess(image)
+    assert ours.shape == reference.shape == (1, 3, 224, 224)
+    # timm's own DINO transform (resize 248) crops a different square: far off where ours differs by resampling only
+    timm_own = CGIDM._build_scorer(args["encoder"], False, args.get("encoder_kwargs"), args["encoder_blocks"])
+    assert (ours - reference).abs().mean() < 0.01 < (timm_own.preprocess(image) - reference).abs().mean()
+
+
+def test_configs_use_the_released_instance_prompt():
+    """Row "prompt": the release fine-tunes and inverts with "sks style" (Trainer.py, Extractor.py)."""
+    import yaml
+
+    for name in ("sd14_dreambooth_clip", "sd14_dreambooth_dino", "sd15_lora_clip"):
+        args = yaml.safe_load((ROOT / f"configs/cgi_dm/{name}.yaml").read_text())["model"]["init_args"]
+        assert args["prompt"] == "sks style", name
+        assert set((args.get("prompts") or {}).values()) <= {"sks style"}, name

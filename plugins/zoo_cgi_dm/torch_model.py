@@ -215,9 +215,12 @@ class SimilarityScorer(nn.Module):
         encoder: a ``zoo.backbones.Encoder`` (CLIP ViT-B/32, DINO ViT-S/16 or any).
         last_blocks: 1 uses the encoder's output; n > 1 (a timm ViT) concatenates the class tokens of its
             last n blocks, each through the final norm, as the released DINO scoring (n = 4: 4 x 384 = 1536-d).
+        resize: the side the shorter image side is resized to before the encoder's centre crop, with the
+            encoder's own interpolation; None keeps the encoder's (timm's DINO ViT-S/16: 248, from its
+            crop_pct 0.9; the released DINO scoring: 256).
     """
 
-    def __init__(self, encoder: nn.Module, last_blocks: int = 1) -> None:
+    def __init__(self, encoder: nn.Module, last_blocks: int = 1, resize: int | None = None) -> None:
         super().__init__()
         from zoo.errors import ZooError
 
@@ -231,6 +234,11 @@ class SimilarityScorer(nn.Module):
         self.last_blocks = last_blocks
         steps = list(getattr(encoder.transform, "transforms", []))
         self.geometry = [step for step in steps if type(step).__name__ in ("Resize", "CenterCrop")]
+        if resize is not None:
+            from torchvision.transforms import v2
+
+            self.geometry = [v2.Resize(resize, interpolation=step.interpolation, antialias=True)
+                             if type(step).__name__ == "Resize" else step for step in self.geometry]
         if not self.geometry:  # an encoder without a resize step: its input size, squashed
             from torchvision.transforms import v2
 
