@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from zoo_cnn_detector.torch_model import PixelAugment
+from zoo_cnn_detector.torch_model import PixelAugment, release_cosine_schedule
 
 from zoo.backbones import Encoder, freeze
 from zoo.errors import ZooError
@@ -238,7 +238,9 @@ def fit_head(head: nn.Module, features: Tensor, labels: Tensor, epochs: int = 30
     # one fused kernel per step on CUDA: at batch 32 the step count, not the arithmetic, sets the time
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                                 fused=features.is_cuda or None)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=lr * min_lr_ratio)
+    steps_per_epoch = -(-len(features) // batch_size)
+    scheduler = release_cosine_schedule(optimizer, epochs * steps_per_epoch, lr * min_lr_ratio)
+    step = 0
     generator = torch.Generator(device="cpu").manual_seed(seed)
     losses = []
     head.train()
@@ -252,7 +254,8 @@ def fit_head(head: nn.Module, features: Tensor, labels: Tensor, epochs: int = 30
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step_update(step)  # the release's per-batch update, after the optimizer step
+            step += 1
             total += loss.detach() * len(index)
-        scheduler.step()
         losses.append(float(total) / len(order))
     return losses

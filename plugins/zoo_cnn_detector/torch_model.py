@@ -36,6 +36,19 @@ class CNNDetectorNet(nn.Module):
         return self.head(self.encoder(images)).squeeze(1)
 
 
+def release_cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, lr_min: float) -> Any:
+    """The release's per-batch cosine decay: timm's ``CosineLRScheduler`` built as ``train.py`` builds it.
+
+    davide-coccomini/Detecting-Images-Generated-by-Diffusers ``train.py``: ``CosineLRScheduler(optimizer,
+    t_initial=num_epochs * len(dl), lr_min=lr * 1e-3, cycle_limit=9, t_in_epochs=False)``, then
+    ``step_update(epoch * len(dl) + index)`` after each ``optimizer.step()``: batch 0 trains at the base
+    rate and batch k > 0 at the rate of step k - 1. The caller steps it the same way.
+    """
+    from timm.scheduler.cosine_lr import CosineLRScheduler
+
+    return CosineLRScheduler(optimizer, t_initial=steps, lr_min=lr_min, cycle_limit=9, t_in_epochs=False)
+
+
 def normalization_of(transform: Any) -> tuple[Tensor, Tensor]:
     """Mean and std of the ``Normalize`` step inside a torchvision/timm/open_clip transform."""
     for step in getattr(transform, "transforms", [transform]):
@@ -90,12 +103,29 @@ def brightness_contrast(image: Tensor, limit: float = 0.2) -> Tensor:
     return (image * (1 + _uniform(-limit, limit)) + _uniform(-limit, limit)).clamp(0, 1)
 
 
-def fancy_pca(image: Tensor, alpha: float = 0.1) -> Tensor:
-    """albumentations' ``FancyPCA`` (Krizhevsky et al. 2012): a shift along the colour principal components."""
-    pixels = image.reshape(3, -1).double()
+def fancy_pca(image: Tensor, alpha: float | None = None, alpha_std: float = 0.1) -> Tensor:
+    """albumentations' ``FancyPCA`` as the release runs it (albumentations 1.3, ``functional.fancy_pca``).
+
+    One scalar ``alpha`` ~ N(0, ``alpha_std``) per image (``FancyPCA.get_params``), the 3x3 colour covariance
+    of the 8-bit image in [0, 1], its eigenvalues sorted in decreasing order, and a shift of
+    ``column_stack(eigenvectors) @ (alpha * eigenvalues)`` added to every pixel, clipped and truncated to 8
+    bits. This is albumentations' arithmetic, not Krizhevsky et al.'s (2012), who draw an alpha per
+    component and use the eigenvectors as columns (``column_stack`` of the matrix uses them as rows).
+
+    Args:
+        image: (3, H, W) in [0, 1]; it is read as 8-bit values (rounded), as the release's images are.
+        alpha: the drawn alpha (None: draw one).
+        alpha_std: the standard deviation of alpha (albumentations' ``FancyPCA(alpha=0.1)``).
+    """
+    if alpha is None:
+        alpha = float(torch.randn(())) * alpha_std
+    values = (image.double() * 255).round()  # the 8-bit image
+    pixels = (values / 255).reshape(3, -1)
     eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(pixels))
-    shift = eigenvectors @ (torch.randn(3, dtype=torch.float64, device=image.device) * alpha * eigenvalues)
-    return (image + shift.to(image.dtype).view(3, 1, 1)).clamp(0, 1)
+    eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)  # decreasing, as albumentations sorts
+    shift = eigenvectors.T @ (alpha * eigenvalues)  # np.column_stack(eig_vecs) stacks the rows as columns
+    out = (values + shift.view(3, 1, 1) * 255).clamp(0, 255).floor()  # np.clip, then astype(np.uint8)
+    return (out / 255).to(image.dtype)
 
 
 class Augment(PixelAugment):
