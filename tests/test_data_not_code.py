@@ -99,8 +99,11 @@ def test_a_lightning_ckpt_that_holds_code_is_refused(tiny, tmp_path, capsys):
                pickle_protocol=pickle.DEFAULT_PROTOCOL)
     assert main(["test", "--model", "DescriptorSimilarity", "--variant", "tiny", "--data", "MiniCopyDetection",
                  "--ckpt_path", str(ckpt)]) == 2
-    assert_one_error_line(capsys.readouterr().err, "evil.ckpt cannot be read as a weights-only checkpoint")
-    with pytest.raises(ZooError, match="weights-only"):
+    err = capsys.readouterr().err
+    assert_one_error_line(err, "evil.ckpt is refused: it holds more than tensors and plain data",
+                          "a checkpoint is data, never code")
+    assert len(err.strip().splitlines()) == 1 and "weights_only" not in err and "likely succeed" not in err, err
+    with pytest.raises(ZooError, match="evil.ckpt is refused"):
         convert_checkpoint(ckpt, tmp_path / "out")
     assert not marker.exists()
 
@@ -215,3 +218,113 @@ def test_an_unreachable_pretrained_encoder_is_one_line(capsys, monkeypatch):
     assert main(["predict", "--model", "DescriptorSimilarity", "--variant", "clip_vit_b32", "--inputs", "a", "b"]) == 2
     assert_one_error_line(capsys.readouterr().err, "pretrained weights of open_clip:ViT-B-32@openai could not be "
                           "fetched")
+
+
+def _kwargs_payload(tiny, tmp_path, marker, **init_args):
+    """A copy of ``tiny`` whose config asks open_clip to unpickle a payload beside it (weights_only off)."""
+    folder = poisoned_copy(tiny, tmp_path, marker, **(init_args or {"model_kwargs": {
+        "pretrained_image_path": str(tmp_path / "poisoned" / "payload.pt"), "weights_only": False}}))
+    torch.save({"x": _Marker(marker)}, folder / "payload.pt")
+    return folder
+
+
+@pytest.mark.parametrize("road", ["from_pretrained", "predict", "embed", "match"])
+def test_model_kwargs_from_a_checkpoint_cannot_reach_the_library(road, tiny, tmp_path, capsys):
+    # open_clip.create_model(pretrained_image_path=..., weights_only=False) unpickles the file it names
+    marker = tmp_path / "pwned"
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (32, 32), name[0] == "a" and "red" or "blue").save(images / name)
+    if road == "match":  # the gallery keeps the checkpoint's config in <gallery>/model/config.json
+        gallery = tmp_path / "gallery"
+        assert main(["embed", "--gallery", str(images), "--output", str(gallery), "--model", str(tiny)]) == 0
+        assert main(["index", "--gallery", str(gallery), "--index_type", "flat"]) == 0
+        capsys.readouterr()
+        folder = _kwargs_payload(tiny, tmp_path, marker)
+        (gallery / "model" / CONFIG_NAME).write_bytes((folder / CONFIG_NAME).read_bytes())
+        (gallery / "model" / "payload.pt").write_bytes((folder / "payload.pt").read_bytes())
+        (gallery / "model" / CONFIG_NAME).write_text((gallery / "model" / CONFIG_NAME).read_text().replace(
+            str(folder / "payload.pt"), str(gallery / "model" / "payload.pt")))
+    else:
+        folder = _kwargs_payload(tiny, tmp_path, marker)
+    refused = "'pretrained_image_path' is not among the open_clip arguments the zoo passes on"
+    if road == "from_pretrained":
+        with pytest.raises(ZooError, match=refused):
+            ZooModule.from_pretrained(folder)
+    else:
+        argv = {"predict": ["predict", "--ckpt_path", str(folder), "--inputs", str(images / "a.png"),
+                            "--output", str(tmp_path / "p.csv")],
+                "embed": ["embed", "--gallery", str(images), "--output", str(tmp_path / "g2"), "--model", str(folder)],
+                "match": ["match", "--gallery", str(tmp_path / "gallery"), "--generated", f"x={images}",
+                          "--output", str(tmp_path / "m")]}[road]
+        assert main(argv) == 2
+        assert_one_error_line(capsys.readouterr().err, refused)
+    assert not marker.exists()
+
+
+def test_model_kwargs_from_the_hub_cannot_reach_the_library(tiny, tmp_path, capsys, request):
+    hub = request.getfixturevalue("server")
+    request.getfixturevalue("online")
+    marker = tmp_path / "pwned"
+    folder = _kwargs_payload(tiny, tmp_path, marker)
+    hub.add_commit("model", "someone/kwargs", "main",
+                   {name: (folder / name).read_bytes() for name in (CONFIG_NAME, WEIGHTS_NAME)}, "upload")
+    main(["download", "hf-hub:someone/kwargs"])
+    capsys.readouterr()
+    with pytest.raises(ZooError, match="'pretrained_image_path' is not among"):
+        ZooModule.from_pretrained("hf-hub:someone/kwargs")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("encoder", ["open_clip:zoo-tiny-clip@{outside}", "open_clip:zoo-tiny-clip@../payload.pt",
+                                     "open_clip:local-dir:{outside_dir}"])
+def test_a_path_in_a_checkpoint_must_lie_inside_its_folder(encoder, tiny, tmp_path):
+    outside = tmp_path / "payload.pt"
+    torch.save({"x": 1}, outside)
+    folder = poisoned_copy(tiny, tmp_path, tmp_path / "unused", encoder=encoder.format(
+        outside=outside, outside_dir=tmp_path))
+    with pytest.raises(ZooError, match="is outside the checkpoint folder"):
+        ZooModule.from_pretrained(folder)
+
+
+def test_the_encoder_vouches_for_its_kwargs_on_every_road():
+    from zoo.backbones import Encoder
+
+    with pytest.raises(ZooError, match="'checkpoint_path' is not among the timm arguments"):
+        Encoder("timm:resnet18", pretrained=False, model_kwargs={"checkpoint_path": "/etc/passwd"})
+    with pytest.raises(ZooError, match="'layers' must be a number, a string or a list of them"):
+        Encoder("timm:resnet18", pretrained=False, model_kwargs={"layers": {"class_path": "os.system"}})
+    tiny = Encoder("timm:resnet18", pretrained=False, model_kwargs={"layers": [1, 1, 1, 1], "stem_width": 8,
+                                                                     "channels": [8, 16, 32, 64]})
+    assert tiny.dim == 64
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (lambda c: json.dumps({**c, "init_args": {**c["init_args"], "encoder": 5}}),
+     "init argument 'encoder' must be str, got a number 5"),
+    (lambda c: b"\xff\xfe" + json.dumps(c).encode("utf-16-le"), "is not UTF-8 text"),
+    (lambda c: json.dumps("a string"), "must hold a JSON object with 'name' and 'init_args', not a string"),
+    (lambda c: "3.5", "must hold a JSON object with 'name' and 'init_args', not a number"),
+    (lambda c: json.dumps({**c, "init_args": [1]}), "'init_args' must be a JSON object, not an array"),
+    (lambda c: json.dumps({**c, "format_version": 99}), "format_version 99 is not one this zoo reads"),
+    (lambda c: json.dumps({**c, "init_args": {**c["init_args"], "bins": 7}}).replace('"bins": 7', '"bins": NaN'),
+     "NaN is not a JSON number"),
+])
+def test_a_bad_config_json_is_one_line(content, message, tiny, tmp_path, capsys):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / WEIGHTS_NAME).write_bytes((tiny / WEIGHTS_NAME).read_bytes())
+    text = content(json.loads((tiny / CONFIG_NAME).read_text()))
+    (folder / CONFIG_NAME).write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert main(["predict", "--ckpt_path", str(folder), "--inputs", str(tmp_path / "x.png")]) == 2
+    assert_one_error_line(capsys.readouterr().err, "config.json", message)
+
+
+def test_save_pretrained_writes_ordinary_files(tiny):
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        assert stat.S_IMODE((tiny / name).stat().st_mode) == 0o666 & ~mask, name

@@ -7,6 +7,10 @@ A spec names the library and the model:
 ``open_clip:zoo-tiny-clip`` is a tiny CLIP architecture shipped with the zoo for offline tests.
 Libraries are imported only when an encoder is built.
 
+An encoder's spec and ``model_kwargs`` are often read from a checkpoint, so they are treated as data: only the
+keys of ``MODEL_KWARGS`` reach the library's constructor, and inside ``from_checkpoint(folder)`` a file path
+they name (``@/path/weights.bin``, ``local-dir:``) must lie inside that folder.
+
 Example:
     >>> enc = Encoder("open_clip:ViT-L-14@openai")           # downloads the weights once
     >>> enc = Encoder("timm:vit_tiny_patch16_224", pretrained=False, image_size=32)
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +30,19 @@ from torch import Tensor, nn
 from zoo.errors import ZooError
 
 _SKIP_DOWNLOAD = contextvars.ContextVar("zoo_skip_pretrained_download", default=False)
+_CHECKPOINT = contextvars.ContextVar[Path | None]("zoo_checkpoint_folder", default=None)
 _ASSETS = Path(__file__).parent / "assets"
 LIBRARIES = ("timm", "open_clip")
+# The model_kwargs keys the zoo vouches for, per library: sizes and rates of an architecture, nothing that
+# names a file or changes how one is read. Both libraries take other keys that load a file
+# (open_clip's ``pretrained_image_path`` with ``weights_only=False`` unpickles it; timm's ``checkpoint_path``,
+# ``pretrained_cfg_overlay``), so any key not listed here is refused, whoever passes it.
+MODEL_KWARGS: dict[str, frozenset[str]] = {
+    "timm": frozenset({"layers", "channels", "stem_width", "global_pool", "img_size", "patch_size", "embed_dim",
+                       "depth", "num_heads", "mlp_ratio", "drop_rate", "drop_path_rate"}),
+    "open_clip": frozenset({"force_image_size", "force_quick_gelu", "force_patch_dropout", "force_context_length",
+                            "device"}),
+}
 
 
 @contextlib.contextmanager
@@ -44,8 +60,54 @@ def want_pretrained(pretrained: bool) -> bool:
     return bool(pretrained) and not _SKIP_DOWNLOAD.get()
 
 
+@contextlib.contextmanager
+def from_checkpoint(folder: str | Path) -> Iterator[None]:
+    """Build from values read from the checkpoint in ``folder``: a file they name must lie inside it."""
+    token = _CHECKPOINT.set(Path(folder).resolve())
+    try:
+        yield
+    finally:
+        _CHECKPOINT.reset(token)
+
+
+def checkpoint_path(value: str, what: str) -> str:
+    """``value``, a file or folder path, as the code may open it.
+
+    Outside ``from_checkpoint`` it is returned unchanged (the user named it). Inside, it is resolved against the
+    checkpoint's folder, links followed, and refused unless it stays inside: a checkpoint may not point at
+    ``/etc``, at a home folder, or at a file planted beside it with ``../``.
+    """
+    root = _CHECKPOINT.get()
+    if root is None:
+        return value
+    path = (root / value).resolve()
+    if not path.is_relative_to(root):
+        raise ZooError(f"{what} {value!r} is outside the checkpoint folder {root}: a path read from a checkpoint "
+                       "must lie inside the checkpoint's own folder")
+    return str(path)
+
+
+def check_model_kwargs(library: str, model_kwargs: Any, spec: str) -> dict[str, Any]:
+    """``model_kwargs`` if every key is one the zoo vouches for (``MODEL_KWARGS``) and every value plain data."""
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, dict):
+        raise ZooError(f"model_kwargs of {spec!r} must be a mapping, got {type(model_kwargs).__name__}")
+    allowed = MODEL_KWARGS[library]
+    for key, value in model_kwargs.items():
+        if key not in allowed:
+            raise ZooError(f"model_kwargs of {spec!r}: {key!r} is not among the {library} arguments the zoo passes on "
+                           f"(allowed: {', '.join(sorted(allowed))})")
+        items = value if isinstance(value, list | tuple) else [value]
+        if not all(item is None or isinstance(item, str | int | float | bool) for item in items):
+            raise ZooError(f"model_kwargs of {spec!r}: {key!r} must be a number, a string or a list of them")
+    return dict(model_kwargs)
+
+
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
     """``"open_clip:ViT-B-32@openai"`` -> ``("open_clip", "ViT-B-32", "openai")``."""
+    if not isinstance(spec, str):
+        raise ZooError(f"an encoder spec must be a string, got {type(spec).__name__}")
     library, sep, rest = spec.partition(":")
     if not sep or library not in LIBRARIES or not rest:
         raise ZooError(f"encoder spec {spec!r} must look like 'timm:<name>' or 'open_clip:<arch>[@<tag>]'")
@@ -73,7 +135,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.spec = spec
         self.library, self.name, self.tag = parse_spec(spec)
-        kwargs = dict(model_kwargs or {})
+        kwargs = check_model_kwargs(self.library, model_kwargs, spec)
         if self.library == "timm":
             self._build_timm(pretrained, image_size, kwargs)
         else:
@@ -84,6 +146,8 @@ class Encoder(nn.Module):
         from timm.data import create_transform, resolve_model_data_config
 
         name = self.name if self.tag is None else f"{self.name}.{self.tag}"
+        if name.startswith("local-dir:"):
+            name = "local-dir:" + checkpoint_path(name.removeprefix("local-dir:"), f"encoder {self.spec!r}:")
         if image_size is not None and "vit" in self.name:
             kwargs.setdefault("img_size", image_size)
         try:
@@ -106,13 +170,24 @@ class Encoder(nn.Module):
 
         if self.name.startswith("zoo-tiny") and open_clip.get_model_config(self.name) is None:
             open_clip.add_model_config(_ASSETS)
-        tag = self.tag if want_pretrained(pretrained) else None
+        name = self.name
+        if name.startswith("local-dir:"):
+            name = "local-dir:" + checkpoint_path(name.removeprefix("local-dir:"), f"encoder {self.spec!r}:")
+        tag = self.tag
+        if tag is not None and not open_clip.get_pretrained_cfg(name, tag):  # not a tag: open_clip reads a file
+            tag = checkpoint_path(tag, f"encoder {self.spec!r}: weights file")
+        tag = tag if want_pretrained(pretrained) else None
         if pretrained and self.tag is None:
             raise ZooError(f"open_clip encoder {self.spec!r} has no pretrained tag; write '{self.spec}@<tag>'")
         if image_size is not None:
             kwargs.setdefault("force_image_size", image_size)
+        # A random-init tiny CLIP is one fixed model wherever it is built, from its own seed (the global random
+        # state is left as it was). Without a tag open_clip warns that no weights were loaded: the weights are
+        # random on purpose, or a checkpoint's come next, so the warning is not shown.
+        seeded = _tiny_seed() if tag is None and self.name.startswith("zoo-tiny") else contextlib.nullcontext()
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(self.name, pretrained=tag, **kwargs)
+            with seeded, _without_no_weights_warning() if tag is None else contextlib.nullcontext():
+                model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, **kwargs)
         except OSError as err:
             raise _unreachable(self.spec, err) from err
         except RuntimeError as err:
@@ -121,7 +196,7 @@ class Encoder(nn.Module):
             raise ZooError(f"open_clip cannot build {self.spec!r}: {err}") from err
         self.model = model
         self._transform = preprocess
-        self._tokenizer = open_clip.get_tokenizer(self.name)
+        self._tokenizer = open_clip.get_tokenizer(name)
         self.dim = int(model.visual.output_dim)
         size = model.visual.image_size
         self.image_size = int(size[0] if isinstance(size, tuple | list) else size)
@@ -152,6 +227,34 @@ class Encoder(nn.Module):
         return self.model.encode_text(self._tokenizer(captions).to(device))
 
 
+TINY_SEED = 0  # the seed of every random-init zoo-tiny encoder
+
+
+@contextlib.contextmanager
+def _tiny_seed() -> Iterator[None]:
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(TINY_SEED)
+        yield
+
+
+class _NoWeightsFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+@contextlib.contextmanager
+def _without_no_weights_warning() -> Iterator[None]:
+    # open_clip logs it on the root logger
+    root, quiet = logging.getLogger(), _NoWeightsFilter()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def _unreachable(spec: str, err: Exception) -> ZooError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return ZooError(
@@ -174,4 +277,5 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["Encoder", "count_parameters", "freeze", "no_pretrained_download", "parse_spec", "want_pretrained"]
+__all__ = ["MODEL_KWARGS", "Encoder", "check_model_kwargs", "checkpoint_path", "count_parameters", "freeze",
+           "from_checkpoint", "no_pretrained_download", "parse_spec", "want_pretrained"]

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, redact
 
 HUB_PREFIX = "hf-hub:"
 FILES = ("config.json", "model.safetensors")
@@ -113,21 +113,56 @@ def known_checkpoints(path: str | Path | None = None) -> dict[str, Pretrained]:
     files = [Path(path)] if path is not None else [REGISTRY_FILE]
     if path is None and os.environ.get(REGISTRY_ENV):
         files.append(Path(os.environ[REGISTRY_ENV]))
+    from zoo.module import read_json
+
     found: dict[str, Pretrained] = {}
     for file in files:
         try:
-            entries = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ZooError(f"registry of pretrained checkpoints {file} cannot be read: {err}") from err
+            entries = read_json(file)
+        except ZooError as err:
+            raise ZooError(f"registry of pretrained checkpoints: {err}") from err
+        if not isinstance(entries, dict):
+            raise ZooError(f"registry of pretrained checkpoints {file} must be a JSON object of name -> entry")
         for name, entry in entries.items():
-            try:
-                found[name] = Pretrained(name=name, **{k: v for k, v in entry.items() if k != "note"})
-            except TypeError as err:
-                raise ZooError(f"{file}: entry {name!r} is malformed: {err}") from err
-            if found[name].repo_type not in REPO_TYPES:
-                raise ZooError(f"{file}: entry {name!r} has repo_type {found[name].repo_type!r}; it must be one "
-                               f"of {', '.join(REPO_TYPES)}")
+            found[name] = _entry(file, name, entry)
     return found
+
+
+# an entry's fields and the JSON types they take (``note`` is a comment for the file's readers)
+_ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "method": str, "repo_id": str, "revision": str, "repo_type": str, "filename": (str, type(None)),
+    "sha256": dict, "init_args": dict, "description": str, "source": str, "note": object,
+}
+_ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _entry(file: Path, name: str, entry: Any) -> Pretrained:
+    """One entry of a registry file, checked as data: its name and file name are used in cache paths."""
+    where = f"{file}: entry {name!r}"
+    if not _ENTRY_NAME.fullmatch(name):
+        raise ZooError(f"{where}: a name is letters, digits, '.', '_' and '-' (no path separators), "
+                       "starting with a letter or digit")
+    if not isinstance(entry, dict):
+        raise ZooError(f"{where} must be a JSON object, not {type(entry).__name__}")
+    for key in ("method", "repo_id"):
+        if key not in entry:
+            raise ZooError(f"{where} has no {key!r}")
+    for key, value in entry.items():
+        if key not in _ENTRY_TYPES:
+            raise ZooError(f"{where}: unknown field {key!r} (fields: {', '.join(_ENTRY_TYPES)})")
+        if not isinstance(value, _ENTRY_TYPES[key]):
+            raise ZooError(f"{where}: {key!r} has the wrong type ({type(value).__name__})")
+    if entry.get("repo_type", "model") not in REPO_TYPES:
+        raise ZooError(f"{where} has repo_type {entry['repo_type']!r}; it must be one of {', '.join(REPO_TYPES)}")
+    filename = entry.get("filename")
+    if filename is not None:
+        parts = Path(filename).parts
+        if not parts or Path(filename).is_absolute() or ".." in parts or "\\" in filename:
+            raise ZooError(f"{where}: filename {filename!r} must be a relative path inside the repo, without '..'")
+    for key, digest in entry.get("sha256", {}).items():
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise ZooError(f"{where}: sha256 of {key!r} must be 64 hexadecimal digits")
+    return Pretrained(name=name, **{k: v for k, v in entry.items() if k != "note"})
 
 
 def check_repo_id(repo_id: str, where: str = "repo id") -> str:
@@ -189,11 +224,11 @@ def _fetch(source: str | Path, *, revision: str | None, cache_dir: str | None, l
         entry = known[text]
         if entry.repo_type in BY_HAND:
             where = "on GitHub" if entry.repo_type == "github" else "at a download address"
-            raise ZooError(
+            raise ZooError(redact(
                 f"{text} is released {where}, not on the Hugging Face Hub: download {entry.filename} from "
                 f"{entry.source or 'github.com/' + entry.repo_id} and convert it with `zoo convert --released "
                 f"{entry.method} <file> <folder>`"
-            )
+            ))
         if entry.filename is not None:
             return _released(entry, revision, **hub)
         return _snapshot(entry.repo_id, revision or entry.revision, label=text, entry=entry, **hub)
@@ -384,7 +419,7 @@ class _hub_errors:  # noqa: N801 - used as a context manager, reads like one
             message = f"{self.what}: the Hub answered {_one_line(err)}"
         else:
             return False
-        raise ZooError(message) from err
+        raise ZooError(redact(message)) from err  # an endpoint or the client's message may hold credentials
 
 
 def _one_line(err: BaseException) -> str:
@@ -430,6 +465,7 @@ def publish(directory: str | Path, repo_id: str, *, revision: str | None = None,
     for name in FILES:
         if not (directory / name).is_file():
             raise ZooError(f"{directory} has no {name}: give a folder written by save_pretrained or `zoo fit`")
+    check_config(directory, str(directory))  # as data: a registered method and its arguments
     config = read_config(directory / CONFIG_NAME)
     card = model_card(config, repo_id, revision=revision, metrics=metrics, dataset=dataset,
                       training_config=training_config, threshold=_threshold(directory / WEIGHTS_NAME))
@@ -455,7 +491,7 @@ def publish(directory: str | Path, repo_id: str, *, revision: str | None = None,
             (Path(staging) / CARD_NAME).write_text(card)
             commit = api.upload_folder(repo_id=repo_id, folder_path=staging, revision=branch,
                                        commit_message=f"Publish {config['name']} with {LIBRARY_NAME}")
-    return commit.commit_url
+    return redact(commit.commit_url)  # printed by `zoo publish`: the endpoint's credentials are not
 
 
 def _threshold(weights: Path) -> float | None:
@@ -489,7 +525,7 @@ def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = N
     from zoo.tasks import get_task
 
     cls = zoo_registry.methods.load(config["name"])
-    task = config.get("task") or cls.task
+    task = cls.task  # the class's own task: a config.json's "task" entry is informative only
     task_tag = task.replace("_", "-")
     metrics = {k: _number(v, k) for k, v in (metrics or {}).items() if not _is_threshold(k)}
     hub_dataset = dataset if dataset and looks_like_repo_id(dataset) else None
@@ -547,11 +583,30 @@ def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = N
     return str(card)
 
 
-def _number(value: Any, key: str) -> float:
+def _number(value: Any, key: str, where: str = "") -> float:
+    import math
+
     try:
-        return float(value)
-    except (TypeError, ValueError) as err:
-        raise ZooError(f"metric {key!r} = {value!r} is not a number") from err
+        number = float(value)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ZooError(f"{where + ': ' if where else ''}metric {key!r} = {value!r:.60} is not a number") from err
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ZooError(f"{where + ': ' if where else ''}metric {key!r} = {value!r:.60} is not a finite number")
+    return number
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """A run's ``config.yaml`` as plain data (safe_load: a ``!!python`` tag is refused, not run)."""
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        first = " ".join(str(err).split())[:200]
+        raise ZooError(f"{path} is not a readable YAML file of plain data: {first}") from err
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ZooError(f"{path} must hold a YAML mapping, not {type(config).__name__}")
+    return config
 
 
 def _data_text(dataset: str | None, hub_dataset: str | None) -> str:
@@ -622,16 +677,21 @@ def _encoder_hub_id(spec: str, bare_timm: bool) -> str | None:
 def run_metadata(run_dir: Path) -> tuple[dict[str, float], str | None, dict | None]:
     """Metrics (last logged ``val/*`` and ``test/*`` of ``metrics.csv``), data name and config of a run dir."""
     metrics: dict[str, float] = {}
-    if (run_dir / "metrics.csv").is_file():
-        with open(run_dir / "metrics.csv", newline="") as handle:
-            for row in csv.DictReader(handle):
-                for key, value in row.items():
-                    if key.startswith(("val/", "test/")) and value not in ("", None) and not _is_threshold(key):
-                        metrics[key] = float(value)
+    table = run_dir / "metrics.csv"
+    if table.is_file():
+        try:
+            with open(table, newline="", encoding="utf-8") as handle:
+                for line, row in enumerate(csv.DictReader(handle), start=2):
+                    for key, value in row.items():
+                        if (isinstance(key, str) and key.startswith(("val/", "test/")) and value not in ("", None)
+                                and not _is_threshold(key)):
+                            metrics[key] = _number(value, key, f"{table} line {line}")
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            raise ZooError(f"{table}: not a readable CSV file: {err}") from err
     config = None
     dataset = None
     if (run_dir / "config.yaml").is_file():
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        config = _read_yaml(run_dir / "config.yaml")
         data = config.get("data")
         name = data.get("class_path") if isinstance(data, dict) else data
         dataset = str(name).rpartition(".")[2] if name else None
@@ -694,10 +754,15 @@ def cmd_publish(argv: list[str]) -> int:
         folder, run_dir = _checkpoint_of(Path(args.path), Path(tmp))
         metrics, dataset, config = run_metadata(run_dir) if run_dir is not None else ({}, None, None)
         if args.metrics:
+            from zoo.module import read_json
+
             try:
-                metrics = json.loads(Path(args.metrics).read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise ZooError(f"--metrics {args.metrics} cannot be read as JSON: {err}") from err
+                metrics = read_json(Path(args.metrics))
+            except ZooError as err:
+                raise ZooError(f"--metrics: {err}") from err
+            if not isinstance(metrics, dict):
+                raise ZooError(f"--metrics {args.metrics} must hold a JSON object of metric name -> number")
+            metrics = {key: _number(value, key, f"--metrics {args.metrics}") for key, value in metrics.items()}
         url = publish(folder, args.repo_id, revision=args.revision, private=args.private, metrics=metrics,
                       dataset=args.dataset or dataset, training_config=config, overwrite=args.overwrite,
                       token=args.token)

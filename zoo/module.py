@@ -269,15 +269,10 @@ class ZooModule(pl.LightningModule):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to ``directory``."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps(self.zoo_config(), indent=2, sort_keys=True) + "\n")
+        config = self.zoo_config()
         skip = self.reference_state_keys()
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k not in skip}
-        save_file(_untie(state), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        return directory
+        return write_checkpoint(config, state, directory)
 
     @classmethod
     def from_pretrained(cls, source: str | Path, **kwargs: Any) -> ZooModule:
@@ -320,8 +315,10 @@ def load_folder(directory: str | Path, expect: type | None = None, **overrides: 
         raise ZooError(f"{directory} has no {WEIGHTS_NAME}: a zoo checkpoint is a folder with {CONFIG_NAME} and "
                        f"{WEIGHTS_NAME}")
     state = read_weights(weights)
-    model = build_method(config, str(directory / CONFIG_NAME), expect=expect)
-    load_checkpoint_state(model, state, str(weights))
+    # a path the config names (an encoder's weights file, a local-dir:) must lie inside this folder
+    with backbones.from_checkpoint(directory):
+        model = build_method(config, str(directory / CONFIG_NAME), expect=expect)
+        load_checkpoint_state(model, state, str(weights))
     return model.eval()
 
 
@@ -340,22 +337,73 @@ _CODE_KEYS = frozenset({"class_path", "init_args", "__path__", "_target_", "__cl
 def check_init_args(cls: type, init_args: Any, where: str) -> dict[str, Any]:
     """``init_args`` read from a file, checked as data against ``cls``'s constructor.
 
-    Every key must be a constructor argument, and no value may name a class to import: a checkpoint is
-    data, never code.
+    Every key must be a constructor argument, every value of the type its annotation names, and no value
+    may name a class to import: a checkpoint is data, never code.
     """
     import inspect
+    import typing
 
     if not isinstance(init_args, dict):
         raise ZooError(f"{where}: 'init_args' must be a JSON object, got {type(init_args).__name__}")
     params = inspect.signature(cls.__init__).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     allowed = [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation only a type checker resolves: the constructor checks its own types
+        hints = {}
     for key, value in init_args.items():
         if not accepts_any and key not in allowed:
             raise ZooError(f"{where}: {key!r} is not an argument of {cls.__name__} "
                            f"(its arguments: {', '.join(allowed)})")
         _refuse_code(value, f"{where}: init argument {key!r}")
+        if key in hints and not _matches(value, hints[key]):
+            shown = params[key].annotation if isinstance(params[key].annotation, str) else hints[key]
+            raise ZooError(f"{where}: init argument {key!r} must be {shown}, got {_json_kind(value)} "
+                           f"{json.dumps(value)[:60]}")
     return dict(init_args)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON ``value`` fits the annotation ``hint`` (a hint it cannot judge passes)."""
+    import types
+    import typing
+    from collections.abc import Sequence
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin in (list, tuple, Sequence):  # JSON has arrays only
+        if not isinstance(value, list):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(_matches, value, args))
+        return all(_matches(item, args[0]) for item in value) if args else True
+    if origin in (dict, Mapping):
+        if not isinstance(value, dict):
+            return False
+        return all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items()) if args else True
+    if isinstance(hint, type) and hint in (str, list, dict):
+        return isinstance(value, hint)
+    return True
+
+
+def _json_kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+             dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _refuse_code(value: Any, where: str) -> None:
@@ -391,8 +439,9 @@ def build_method(config: Mapping[str, Any], where: str, expect: type | None = No
             return cls(**init_args)
     except ZooError as err:
         raise ZooError(f"{where}: {err}") from err
-    except (TypeError, ValueError) as err:
-        raise ZooError(f"{where}: {cls.__name__} refused its init_args: {err}") from err
+    except Exception as err:  # values of the right types that the constructor cannot use (a size of -1, ...)
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise ZooError(f"{where}: {cls.__name__} refused its init_args ({type(err).__name__}: {first})") from err
 
 
 def method_class(config: Mapping[str, Any], where: str, expect: type | None = None) -> type:
@@ -422,17 +471,40 @@ def read_weights(path: Path) -> dict[str, Tensor]:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """Read and check a ``config.json``."""
+    """Read and check a ``config.json``: a JSON object with ``name`` and ``init_args``, in UTF-8."""
     if not path.is_file():
         raise ZooError(f"{path} not found: a zoo checkpoint is a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ZooError(f"{path} is not valid JSON: {err}") from err
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise ZooError(f"{path} must hold a JSON object with 'name' and 'init_args', not {_json_kind(config)}")
     for key in ("name", "init_args"):
         if key not in config:
             raise ZooError(f"{path} has no {key!r} entry")
+    if not isinstance(config["init_args"], dict):
+        raise ZooError(f"{path}: 'init_args' must be a JSON object, not {_json_kind(config['init_args'])}")
+    version = config.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise ZooError(f"{path}: format_version {version!r} is not one this zoo reads (1 to {FORMAT_VERSION}); "
+                       "a newer zoo wrote it?")
     return config
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's value, or a ZooError naming the file (unreadable, not UTF-8, not JSON, NaN or Infinity)."""
+
+    def refuse_constant(name: str) -> None:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"), parse_constant=refuse_constant)
+    except OSError as err:
+        raise ZooError(f"{path} cannot be read: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ZooError(f"{path} is not UTF-8 text (byte {err.start}): not a JSON file") from err
+    except RecursionError as err:
+        raise ZooError(f"{path} is nested too deeply to read") from err
+    except ValueError as err:  # json.JSONDecodeError, or a NaN / Infinity
+        raise ZooError(f"{path} is not valid JSON: {err}") from err
 
 
 def load_state(model: torch.nn.Module, state: Mapping[str, Tensor], source: str,
@@ -459,8 +531,6 @@ def load_state(model: torch.nn.Module, state: Mapping[str, Tensor], source: str,
 
 def convert_checkpoint(ckpt_path: str | Path, directory: str | Path) -> Path:
     """Convert a Lightning ``.ckpt`` written by ``zoo fit`` into a ``save_pretrained`` folder, losslessly."""
-    from safetensors.torch import save_file
-
     ckpt_path = Path(ckpt_path)
     checkpoint = read_weights_only(ckpt_path)
     if not isinstance(checkpoint, dict) or "zoo" not in checkpoint or "state_dict" not in checkpoint:
@@ -470,23 +540,67 @@ def convert_checkpoint(ckpt_path: str | Path, directory: str | Path) -> Path:
     if not isinstance(config, dict):
         raise ZooError(f"{where} is not a mapping")
     check_init_args(method_class(config, where), config.get("init_args", {}), where)
+    state = checkpoint["state_dict"]
+    if not isinstance(state, dict):
+        raise ZooError(f"{ckpt_path}: 'state_dict' is {type(state).__name__}, not a mapping of names to tensors")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise ZooError(f"{ckpt_path}: 'state_dict' entry {key!r} is {type(value).__name__}, not a tensor")
+    config = {k: config[k] for k in ("name", "task", "init_args", "format_version") if k in config}
+    return write_checkpoint(config, {k: v.contiguous() for k, v in state.items()}, directory, str(ckpt_path))
+
+
+def write_checkpoint(config: Mapping[str, Any], state: Mapping[str, Tensor], directory: str | Path,
+                     source: str = "the model") -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``directory`` as ordinary files (umask-respecting)."""
+    import os
+
+    from safetensors.torch import save_file
+
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    state = {k: v.contiguous() for k, v in checkpoint["state_dict"].items()}
-    save_file(_untie(state), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    if directory.exists() and not directory.is_dir():
+        raise ZooError(f"output {directory} is an existing file, not a folder")
+    try:
+        text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as err:
+        raise ZooError(f"{source}: its config is not plain JSON data: {err}") from err
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(text)
+        save_file(_untie(dict(state)), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        # safetensors writes a private temporary file (0600) and renames it: give it a new file's mode
+        mask = os.umask(0o022)
+        os.umask(mask)
+        (directory / WEIGHTS_NAME).chmod(0o666 & ~mask)
+    except OSError as err:
+        raise ZooError(f"cannot write the checkpoint into {directory}: {err.strerror or err}") from err
     return directory
 
 
 def read_weights_only(path: str | Path) -> Any:
     """A torch checkpoint file read with ``weights_only=True`` (tensors and plain data, no code)."""
+    import pickle
+    import re
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
         raise ZooError(f"checkpoint {path} not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message advises weights_only=False, which would run the file's code: say what was refused
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch's zip nor a pickle
+            raise ZooError(f"{path} is not a PyTorch checkpoint file") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f"it names {found[1]}, which is not" if found else "it holds more than"
+        raise ZooError(f"{path} is refused: {what} tensors and plain data (a checkpoint is data, never code; "
+                       "nothing in it was run)") from None
     except Exception as err:
-        raise ZooError(f"{path} cannot be read as a weights-only checkpoint: {err}") from err
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ZooError(f"{path} cannot be read as a weights-only checkpoint: {first}") from None
 
 
 def _to_cpu(pred: Mapping[str, Any]) -> dict[str, Any]:

@@ -66,6 +66,17 @@ def read_torchscript_state(path: str | Path) -> dict[str, Tensor]:
     return _tensors(root)
 
 
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with ``constants.pkl``); a broken zip is a ZooError."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("/constants.pkl") for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ZooError(f"{path} is a damaged zip archive ({err}): not a readable checkpoint") from err
+
+
 def read_sscd_state(path: str | Path) -> dict[str, Tensor]:
     """An SSCD release file (``.torchscript.pt`` or ``.torchvision.pt``) as a torchvision-layout state dict.
 
@@ -75,7 +86,7 @@ def read_sscd_state(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ZooError(f"checkpoint {path} not found")
-    if zipfile.is_zipfile(path) and any(n.endswith("/constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+    if _is_torchscript(path):
         state = read_torchscript_state(path)
     else:
         state = read_weights_only(path)
@@ -84,6 +95,8 @@ def read_sscd_state(path: str | Path) -> dict[str, Tensor]:
             raise ZooError(f"{path} holds a {type(state).__name__}, not a state dict")
     out = {}
     for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise ZooError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor: not a state dict")
         for prefix in ("module.", "model.", "backbone."):
             key = key.removeprefix(prefix)
         out[key] = value
