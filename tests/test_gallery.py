@@ -443,3 +443,119 @@ def test_ratio_interval_and_histogram_agree() -> None:
     assert histogram == [1, 0, 2, 2, 1, 1] and sum(histogram) == len(levels)
     ratio, _ = gallery.replication_ratio(levels, 3, 0.95)
     assert ratio * len(levels) == sum(histogram[3:]) == 4
+
+
+# ------------------------------------------------------------------------------------------ exact copies
+def _photo_set(root: Path) -> dict[str, Path]:
+    """A gallery of four scikit-image photographs, and edited copies of the astronaut (and one of the camera)."""
+    from PIL import Image
+
+    photos = {name: mini.photo(name).resize((96, 96), Image.Resampling.BICUBIC)
+              for name in ("astronaut", "camera", "chelsea", "coffee")}
+    (root / "gallery").mkdir(parents=True)
+    (root / "generated").mkdir()
+    for name, image in photos.items():
+        image.save(root / "gallery" / f"{name}.png")
+    gen, astronaut = root / "generated", photos["astronaut"]
+    (gen / "identical.png").write_bytes((root / "gallery" / "astronaut.png").read_bytes())
+    astronaut.save(gen / "lossless.png", compress_level=1)  # other bytes, the same pixels
+    astronaut.save(gen / "lossless_bmp.bmp")
+    astronaut.save(gen / "q90.jpg", quality=90)
+    astronaut.save(gen / "q30.jpg", quality=30)
+    astronaut.resize((48, 48), Image.Resampling.BICUBIC).save(gen / "half.png")
+    astronaut.rotate(10).save(gen / "rotated.png")
+    photos["camera"].crop((10, 10, 80, 80)).save(gen / "crop_of_camera.png")
+    mini.photo("rocket").resize((96, 96)).save(gen / "unrelated.png")
+    return {"gallery": root / "gallery", "generated": gen}
+
+
+@pytest.mark.parametrize("variant", ["tiny", "collapsed"])
+def test_exact_copy_is_decided_on_pixels_not_descriptors(tmp_path: Path, variant: str) -> None:
+    """Identical and lossless copies are exact copies; lossy, resized, rotated, cropped and unrelated ones are not,
+    also with a collapsed model whose descriptors are all equal (which the gallery flags, and never counts)."""
+    import csv
+
+    data = _photo_set(tmp_path)
+    out = tmp_path / "g"
+    assert _zoo("embed", "--gallery", str(data["gallery"]), "--output", str(out), "--model", METHOD,
+                "--variant", variant, "--dtype", "float32", *FAST) == 0
+    assert _zoo("index", "--gallery", str(out), "--index_type", "flat") == 0
+    assert _zoo("match", "--gallery", str(out), "--generated", f"gen={data['generated']}", "--output",
+                str(tmp_path / "m"), "--k", "4", "--threshold", "3", *FAST) == 0
+    rows = {r["id"]: r for r in csv.DictReader((tmp_path / "m" / "matches.csv").open())}
+    assert len(rows) == 9
+    exact = {id_ for id_, r in rows.items() if r["exact_copy"] == "1"}
+    assert exact == {"identical", "lossless", "lossless_bmp"}, rows
+    for id_ in exact:
+        assert rows[id_]["match_id"] == "astronaut" and float(rows[id_]["level"]) == 5.0
+    report = json.loads((tmp_path / "m" / "report.json").read_text())["generators"]["gen"]
+    assert report["exact_copies"] == 3 and report["pixels_unchecked"] == 0
+    if variant == "collapsed":
+        # equal descriptors for every pair: flagged as such, and the level stays the flat PDF's 2.5
+        assert all(r["descriptor_identical"] == "1" for r in rows.values())
+        assert all(float(r["level"]) == 2.5 for id_, r in rows.items() if id_ not in exact)
+        assert report["descriptor_identical"] == 9
+        assert report["replication_ratio"] == pytest.approx(3 / 9)  # the three exact copies, nothing from the rule
+
+
+def test_match_writes_nothing_outside_its_output(mini_gallery: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = _tiny_embedded(mini_gallery, tmp_path / "g")
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    for name in ("../../esc", "..", ".", "a/b", ""):
+        assert _zoo("match", "--gallery", str(out), "--generated", f"{name}={mini_gallery['copier']}",
+                    "--output", str(work / "m"), *FAST) == 2
+        assert capsys.readouterr().err.strip().startswith("zoo: error: --generated")
+    assert not (tmp_path / "esc").exists() and not (tmp_path / "a" / "esc").exists()
+    # a link inside the output folder cannot lead the embeddings out of it either
+    (work / "m").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (work / "m" / "embeddings").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ZooError, match="would be written outside"):
+        gallery.match(out, {"gen": mini_gallery["copier"]}, work / "m",
+                      trainer={"accelerator": "cpu", "enable_progress_bar": False})
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_one_rule_for_image_files_and_every_skip_counted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image, features
+
+    from zoo.predict import expand, image_files, image_suffixes
+
+    assert {".png", ".jpg", ".jfif", ".webp", ".tif"} <= image_suffixes()
+    assert (".avif" in image_suffixes()) == bool(features.check("avif"))
+    root = tmp_path / "photos"
+    (root / ".cache").mkdir(parents=True)
+    (root / "sub").mkdir()
+    image = Image.new("RGB", (16, 16), (200, 10, 10))
+    image.save(root / "a.png")
+    image.save(root / "b.jfif", format="JPEG")
+    image.save(root / "sub" / "C.PNG")
+    image.save(root / ".hidden.png")
+    image.save(root / ".cache" / "x.png")
+    (root / "notes.txt").write_text("not an image")
+    expected = [root / "a.png", root / "b.jfif", root / "sub" / "C.PNG"]
+    if features.check("avif"):
+        image.save(root / "d.avif")
+        expected.insert(2, root / "d.avif")
+    found = image_files(root)
+    assert found.images == expected
+    assert found.hidden == [root / ".cache", root / ".hidden.png"] and found.others == [root / "notes.txt"]
+    assert found.skipped() == "2 hidden, 1 not an image"
+    # zoo predict's folders follow the rule and say what they skipped
+    assert [item.names[0] for item in expand(root)] == [str(p) for p in expected]
+    assert "skipped 2 hidden, 1 not an image" in capsys.readouterr().err
+    # and so does zoo embed, whose summary line counts what it embedded and what it skipped
+    out = tmp_path / "g"
+    assert _zoo("embed", "--gallery", str(root), "--output", str(out), "--model", METHOD, "--variant", "tiny",
+                *FAST) == 0
+    printed = capsys.readouterr().out
+    assert (f"zoo embed: {len(expected)} images of {root} in {out}: {len(expected)} embedded in this run, 0 kept "
+            "from an earlier run; skipped 2 hidden, 1 not an image") in printed
+    manifest = json.loads((out / "gallery.json").read_text())
+    assert [i for _, ids, _ in gallery.iter_shards(out, manifest) for i in ids] == [
+        p.relative_to(root).with_suffix("").as_posix() for p in expected]
+    assert _zoo("embed", "--gallery", str(root), "--output", str(out), "--model", METHOD, "--variant", "tiny",
+                *FAST) == 0
+    assert f"0 embedded in this run, {len(expected)} kept from an earlier run" in capsys.readouterr().out

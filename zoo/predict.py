@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -56,30 +57,108 @@ def _is_image(value: Any) -> bool:
     return hasattr(value, "convert") and hasattr(value, "size") and not isinstance(value, str | Path)
 
 
-def expand(spec: str | Path) -> list[Item]:
-    """The images a file, folder (recursive) or glob names, sorted; broken links are items with an error."""
-    from zoo.data.images import IMAGE_SUFFIXES
+@functools.cache
+def image_suffixes() -> frozenset[str]:
+    """The lower-case extensions of every format this PIL decodes (``.jfif``, and ``.avif`` where PIL has it).
 
+    Formats PIL only identifies (its stubs, MPEG) are left out, and EPS when Ghostscript is missing.
+    """
+    from PIL import EpsImagePlugin, Image, ImageFile
+
+    Image.init()
+    usable = {fmt for fmt, (factory, _) in Image.OPEN.items()
+              if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))} - {"MPEG"}
+    if not EpsImagePlugin.has_ghostscript():
+        usable.discard("EPS")
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in usable)
+
+
+@dataclass
+class FolderImages:
+    """What ``image_files`` found below a folder: the images and every entry it skipped, by reason."""
+
+    images: list[Path]  # image files by extension, sorted; a broken link among them is in ``broken`` instead
+    hidden: list[Path]  # hidden files and hidden folders (a name starting with "."), not entered
+    others: list[Path]  # files whose extension is not an image format PIL decodes
+    broken: list[Path]  # broken or looping links, unreadable folders, a folder reached a second time
+
+    def skipped(self) -> str:
+        """The skips counted for a summary line (``"2 hidden, 1 not an image"``), or ``""`` when none."""
+        parts = [f"{len(self.hidden)} hidden" if self.hidden else "",
+                 f"{len(self.others)} not an image" if len(self.others) == 1 else
+                 f"{len(self.others)} not images" if self.others else ""]
+        return ", ".join(p for p in parts if p)
+
+
+def image_files(root: Path) -> FolderImages:
+    """The image files below ``root``, by the one rule every command follows.
+
+    Hidden files and hidden folders are skipped (and counted); a file is an image when its extension is one
+    of ``image_suffixes()``, in any case. Links are followed; a folder reached twice (a link loop, or two
+    links to one folder) is reported as broken rather than listed again.
+    """
+    found = FolderImages([], [], [], [])
+    visited: set[str] = set()
+    suffixes = image_suffixes()
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=lambda err: found.broken.append(
+            Path(err.filename))):
+        real = os.path.realpath(folder)
+        if real in visited:
+            found.broken.append(Path(folder))
+            dirs[:] = []
+            continue
+        visited.add(real)
+        found.hidden += [Path(folder, d) for d in dirs if d.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            path = Path(folder, name)
+            if name.startswith("."):
+                found.hidden.append(path)
+            elif path.suffix.lower() not in suffixes:
+                found.others.append(path)
+            elif not path.is_file():  # a link to nothing, to itself, or to something not a file
+                found.broken.append(path)
+            else:
+                found.images.append(path)
+    for entries in (found.images, found.hidden, found.others, found.broken):
+        entries.sort()
+    return found
+
+
+def expand(spec: str | Path) -> list[Item]:
+    """The images a file, folder (recursive) or glob names, sorted; broken links are items with an error.
+
+    Folders and globs follow ``image_files``' rule; what they skip is counted in one line on stderr.
+    """
     text = os.fspath(spec)
     path = Path(text)
-    if path.is_dir():
-        candidates = sorted(p for p in path.rglob("*") if not p.name.startswith("."))
-        what = f"folder {path}"
-    elif path.exists() or path.is_symlink() or not glob.has_magic(text):
+    if not path.is_dir() and (path.exists() or path.is_symlink() or not glob.has_magic(text)):
         return [_item(path)]  # a file named on purpose is scored (or reported) whatever its suffix
+    if path.is_dir():
+        found, what = image_files(path), f"folder {_printable(path)}"
     else:
-        candidates = sorted(Path(p) for p in glob.glob(text, recursive=True))
-        what = f"glob {text!r}"
-    items = [_item(p) for p in candidates
-             if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink())]
-    others = [p for p in candidates if p.suffix.lower() not in IMAGE_SUFFIXES and p.is_file()]
-    if others:
+        found, what = FolderImages([], [], [], []), f"glob {text!r}"
+        suffixes = image_suffixes()
+        for match in sorted(Path(p) for p in glob.glob(text, recursive=True)):
+            if match.is_dir():
+                inner = image_files(match)
+                for mine, theirs in zip(vars(found).values(), vars(inner).values(), strict=True):
+                    mine += theirs
+            elif match.name.startswith(".") or any(part.startswith(".") for part in match.parent.parts
+                                                   if part not in (".", "..")):
+                found.hidden.append(match)
+            elif match.suffix.lower() not in suffixes:
+                found.others.append(match)
+            else:
+                (found.images if match.is_file() else found.broken).append(match)
+    items = [_item(p) for p in sorted(found.images + found.broken)]
+    if found.skipped():
         from zoo.data.base import report
 
-        report(f"{what}: ignored {len(others)} file(s) that are not images by their extension, e.g. "
-               f"{_printable(others[0])}")
+        report(f"{what}: skipped {found.skipped()} ({_printable((found.hidden + found.others)[0])} ...)")
     if not items:
-        raise ZooError(f"{what} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ZooError(f"{what} holds no images{' (skipped ' + found.skipped() + ')' if found.skipped() else ''}: "
+                       "an image is a file, not hidden, with an extension PIL decodes (.png, .jpg, .webp, ...)")
     return items
 
 
@@ -89,6 +168,9 @@ def _item(path: Path) -> Item:
         return Item((name,), (path,), error=f"{name}: broken or looping symbolic link")
     if not path.exists():
         return Item((name,), (path,), error=f"{name}: file not found")
+    if path.is_dir():
+        return Item((name,), (path,), error=f"{name}: folder cannot be read (no permission, a link loop, or "
+                    "reached twice through links)")
     return Item((name,), (path,))
 
 

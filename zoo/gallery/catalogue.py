@@ -9,15 +9,15 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from zoo.data.images import IMAGE_SUFFIXES, open_image
+from zoo.data.images import open_image
 from zoo.errors import ZooError
 
 SHOWN = 5  # names quoted in a message about many files
@@ -44,6 +44,7 @@ class Catalog:
     loc: np.ndarray
     id_column: str = "id"
     image_column: str = "image"
+    skipped: dict[str, int] = field(default_factory=lambda: {"hidden": 0, "not images": 0})
 
     @classmethod
     def scan(cls, source: str | Path, id_column: str = "id", image_column: str = "image") -> Catalog:
@@ -66,18 +67,19 @@ class Catalog:
         catalog = cls(str(path), kind, [], [], np.zeros((0, 3), np.int64), id_column, image_column)
         rows: list[tuple[int, int, int]] = []
         if kind == "folder":
-            for f, (file, id_) in enumerate(_scan_folder(path)):
+            for f, (file, id_) in enumerate(_scan_folder(path, catalog.skipped)):
                 catalog.files.append(file)
                 catalog.ids.append(id_)
                 rows.append((f, 0, 0))
         for f, file in enumerate(files):
             catalog.files.append(str(file))
-            scanned = _scan_tar(file) if kind == "tar" else _scan_parquet(file, id_column, image_column)
+            scanned = _scan_tar(file, catalog.skipped) if kind == "tar" else _scan_parquet(file, id_column,
+                                                                                           image_column)
             for id_, a, b in scanned:
                 catalog.ids.append(id_)
                 rows.append((f, a, b))
         if not catalog.ids:
-            raise ZooError(f"gallery {printable(str(path))} holds no images")
+            raise ZooError(f"gallery {printable(str(path))} holds no images{catalog.skipped_text(' (skipped ', ')')}")
         catalog.loc = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
         seen: dict[str, int] = {}
         for i, id_ in enumerate(catalog.ids):
@@ -89,6 +91,12 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def skipped_text(self, before: str = "", after: str = "") -> str:
+        """The entries the scan skipped, counted by reason (``2 hidden, 3 not images``), or ``""``."""
+        text = ", ".join(f"{n} {'not an image' if why == 'not images' and n == 1 else why}"
+                         for why, n in self.skipped.items() if n)
+        return f"{before}{text}{after}" if text else ""
 
     def where(self, i: int) -> str:
         """Human location of image ``i`` for error messages."""
@@ -108,49 +116,49 @@ class Catalog:
         return digest.hexdigest()
 
 
-def _scan_folder(root: Path) -> list[tuple[str, str]]:
+def _scan_folder(root: Path, skipped: dict[str, int]) -> list[tuple[str, str]]:
     """(path, id) of the image files below ``root``, sorted by id; an entry that cannot be read is an error.
 
-    Links to files and folders are followed; a folder reached twice (a link loop, or two links to one
-    folder) is reported with the broken links rather than listed again.
+    The files are those of ``zoo.predict.image_files``, the rule of every command; its skips are counted
+    into ``skipped``.
     """
-    found: list[tuple[str, str]] = []
-    broken: list[str] = []
-    visited: set[str] = set()
-    for folder, dirs, names in os.walk(root, followlinks=True, onerror=lambda err: broken.append(err.filename)):
-        real = os.path.realpath(folder)
-        if real in visited:
-            broken.append(folder)
-            dirs[:] = []
-            continue
-        visited.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in names:
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            file = os.path.join(folder, name)
-            if not os.path.isfile(file):  # a link to nothing, to itself, or to something not a file
-                broken.append(file)
-                continue
-            found.append((file, printable(Path(file).relative_to(root).with_suffix("").as_posix())))
-    if broken:
-        broken.sort()
-        shown = ", ".join(printable(b) for b in broken[:SHOWN]) + (" ..." if len(broken) > SHOWN else "")
-        raise ZooError(f"gallery {printable(str(root))}: {len(broken)} entries cannot be read (broken or looping "
-                       f"links, links to a folder listed already, unreadable folders: {shown}); fix or remove them")
-    return sorted(found, key=lambda item: item[1])
+    from zoo.predict import image_files
+
+    found = image_files(root)
+    if found.broken:
+        shown = ", ".join(printable(str(b)) for b in found.broken[:SHOWN]) + (" ..." if len(found.broken) > SHOWN
+                                                                             else "")
+        raise ZooError(f"gallery {printable(str(root))}: {len(found.broken)} entries cannot be read (broken or "
+                       f"looping links, links to a folder listed already, unreadable folders: {shown}); fix or "
+                       "remove them")
+    skipped["hidden"] += len(found.hidden)
+    skipped["not images"] += len(found.others)
+    return sorted(((str(f), printable(f.relative_to(root).with_suffix("").as_posix())) for f in found.images),
+                  key=lambda item: item[1])
 
 
-def _scan_tar(file: Path) -> Iterator[tuple[str, int, int]]:
+def _hidden_or_not_image(name: str) -> str | None:
+    """Why a shard member named ``name`` is skipped (``hidden``, ``not images``), or None for an image."""
+    from zoo.predict import image_suffixes
+
+    if any(part.startswith(".") for part in name.split("/") if part):
+        return "hidden"
+    return None if Path(name).suffix.lower() in image_suffixes() else "not images"
+
+
+def _scan_tar(file: Path, skipped: dict[str, int]) -> Iterator[tuple[str, int, int]]:
     try:
         with tarfile.open(file, "r:") as tar:
             for member in tar:  # reads headers only and seeks past the data
                 if not member.isfile():
                     continue
+                reason = _hidden_or_not_image(member.name)
+                if reason:  # a webdataset sample's .json/.txt/.cls members are counted here
+                    skipped[reason] += 1
+                    continue
                 folder, _, name = member.name.rpartition("/")
                 key = name.split(".", 1)[0]
-                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    yield printable(f"{folder}/{key}" if folder else key), member.offset_data, member.size
+                yield printable(f"{folder}/{key}" if folder else key), member.offset_data, member.size
     except (tarfile.TarError, EOFError, OSError) as err:
         raise ZooError(f"gallery shard {file} is not a readable uncompressed tar: {err}") from err
 
@@ -218,3 +226,34 @@ class ImageReader:
         if self._tar is not None:
             self._tar[1].close()
             self._tar = None
+
+
+class SourceImages:
+    """The images an embedded folder was made from, by id, read again from where they were embedded.
+
+    ``manifest`` is the ``gallery.json`` of that folder. When the source has moved or cannot be listed,
+    ``load`` gives None for every id, so a caller can say what it could not check.
+    """
+
+    def __init__(self, manifest: Mapping[str, Any]) -> None:
+        try:
+            self.catalog: Catalog | None = Catalog.scan(manifest["source"], manifest["id_column"],
+                                                        manifest["image_column"])
+        except ZooError:
+            self.catalog = None
+        self.positions = {id_: i for i, id_ in enumerate(self.catalog.ids)} if self.catalog else {}
+        self.reader = ImageReader(self.catalog) if self.catalog is not None else None
+
+    def load(self, id_: str) -> Image.Image | None:
+        """Image ``id_`` as RGB, or None when it is gone or cannot be decoded any more."""
+        if self.reader is None or id_ not in self.positions:
+            return None
+        try:
+            return self.reader.load(self.positions[id_])
+        except ZooError:
+            return None  # changed since it was embedded
+
+    def close(self) -> None:
+        """Close the open shard, if any."""
+        if self.reader is not None:
+            self.reader.close()

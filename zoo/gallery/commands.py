@@ -45,12 +45,11 @@ def cmd_embed(argv: list[str]) -> int:
     parser.add_argument("--image_column", type=str, default="image")
     cfg = parser.parse_args(argv)
     method = load_method(cfg.model, cfg.variant, cfg.model_args, seed=cfg.seed)
-    out = embed(cfg.gallery, cfg.output, method, shard_size=cfg.shard_size, batch_size=cfg.batch_size,
+    embed(cfg.gallery, cfg.output, method, shard_size=cfg.shard_size, batch_size=cfg.batch_size,
                 num_workers=cfg.num_workers, dtype=cfg.dtype, image_size=cfg.image_size, id_column=cfg.id_column,
                 image_column=cfg.image_column, trainer=cfg.trainer.as_dict(),
                 method_spec={"model": cfg.model, "variant": cfg.variant, "model_args": cfg.model_args,
                              "seed": cfg.seed})
-    print(f"embedded {cfg.gallery} into {out}")
     return 0
 
 

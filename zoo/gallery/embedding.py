@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from zoo.errors import ZooError
-from zoo.gallery.catalogue import Catalog, ImageReader
+from zoo.gallery.catalogue import Catalog, ImageReader, printable
 from zoo.gallery.methods import fingerprint
 from zoo.gallery.shards import (
     DTYPES,
@@ -43,8 +43,20 @@ from zoo.gallery.shards import (
 class ShardStream(IterableDataset):
     """The images of the given shards, in catalogue order, split among DataLoader workers by shard."""
 
-    def __init__(self, catalog: Catalog, shard_size: int, shards: list[int], transform: Callable) -> None:
+    def __init__(self, catalog: Catalog, shard_size: int, shards: list[int], transform: Callable,
+                 batch_size: int = 1, num_workers: int = 0) -> None:
         self.catalog, self.shard_size, self.shards, self.transform = catalog, shard_size, shards, transform
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    def _count(self, shards: list[int]) -> int:
+        return sum(min(self.shard_size, len(self.catalog) - k * self.shard_size) for k in shards)
+
+    def __len__(self) -> int:
+        # the DataLoader divides this by its batch size: the batches each worker makes of its own shards,
+        # times the batch size, gives it the exact number of batches (a progress bar with a total)
+        workers = max(1, self.num_workers)
+        batches = sum(math.ceil(self._count(self.shards[w::workers]) / self.batch_size) for w in range(workers))
+        return batches * self.batch_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = get_worker_info()
@@ -87,8 +99,8 @@ class _GalleryData(pl.LightningDataModule):
                 print(f"zoo embed: shard {k} of {self.output}: {problem}; embedding it again")
             if problem:
                 todo.append(k)
-        stream = ShardStream(self.catalog, self.shard_size, todo, self.transform)
         workers = min(self.num_workers, len(todo))  # a worker without a shard would only cost its start
+        stream = ShardStream(self.catalog, self.shard_size, todo, self.transform, self.batch_size, workers)
         return DataLoader(stream, batch_size=self.batch_size, num_workers=workers,
                           pin_memory=self.trainer.strategy.root_device.type == "cuda")
 
@@ -100,6 +112,7 @@ class ShardWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.catalog, self.output, self.shard_size, self.dtype = catalog, output, shard_size, dtype
         self._open: dict[int, tuple[Tensor, np.ndarray]] = {}
+        self.written = 0  # images embedded by this rank in this run; after the run, by every rank
 
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -116,12 +129,15 @@ class ShardWriter(BasePredictionWriter):
             if filled.all():
                 start = k * self.shard_size
                 write_shard(self.output, k, self.catalog.ids[start : start + count], buffer)
+                self.written += count
                 del self._open[k]
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._open:
             raise ZooError(f"zoo embed: shards {sorted(self._open)} of {self.output} were left incomplete")
         trainer.strategy.barrier("zoo-embed-shards")
+        total = trainer.strategy.reduce(torch.tensor(float(self.written), device=pl_module.device), reduce_op="sum")
+        self.written = int(total)
         if trainer.is_global_zero:
             path = self.output / MANIFEST
             manifest = check_manifest(read_json(path, "the manifest of this run"), path)
@@ -187,6 +203,7 @@ def embed(gallery: str | Path, output: str | Path, method: Any, *, shard_size: i
         "source": str(Path(gallery).resolve()), "kind": catalog.kind, "id_column": id_column,
         "image_column": image_column, "count": len(catalog), "ids_sha256": catalog.ids_digest(),
         "shard_size": shard_size, "num_shards": math.ceil(len(catalog) / shard_size), "dtype": dtype,
+        "image_size": image_size,
         "method": type(method).__name__, "model_sha256": fingerprint(method), "spec": dict(method_spec or {}),
         "complete": False,
     }
@@ -204,7 +221,8 @@ def embed(gallery: str | Path, output: str | Path, method: Any, *, shard_size: i
                 )
     _check_writable(output)
     kwargs = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False, **(trainer or {})}
-    kwargs["callbacks"] = [ShardWriter(catalog, output, shard_size, DTYPES[dtype])]
+    writer = ShardWriter(catalog, output, shard_size, DTYPES[dtype])
+    kwargs["callbacks"] = [writer]
     pl_trainer = pl.Trainer(**kwargs)
     if pl_trainer.is_global_zero:
         try:
@@ -217,8 +235,14 @@ def embed(gallery: str | Path, output: str | Path, method: Any, *, shard_size: i
     with warnings.catch_warnings():
         # batch indices come from a sampler; the shard writer places rows by (shard, row) instead
         warnings.filterwarnings("ignore", "Couldn't infer the batch indices")
+        # its length is exact per worker (ShardStream.__len__), which is what the warning asks for
+        warnings.filterwarnings("ignore", "Your `IterableDataset` has `__len__` defined")
         try:
             pl_trainer.predict(_Embedder(method), datamodule=data, return_predictions=False)
         except ZooError as err:
             raise _one_line(err) from None
+    if pl_trainer.is_global_zero:
+        skipped = catalog.skipped_text("; skipped ")
+        print(f"zoo embed: {len(catalog)} images of {printable(str(gallery))} in {output}: {writer.written} embedded "
+              f"in this run, {len(catalog) - writer.written} kept from an earlier run{skipped}")
     return output

@@ -3,12 +3,15 @@
 For each generator (a folder of its images, embedded first, or the output of ``zoo embed``), the
 top-``k`` gallery candidates by cosine similarity are re-ranked by the method's predicted replication
 level of each pair (``pair_from_embeddings``, e.g. PDF-Embedding's six-level PDF), from the stored
-descriptors. The method is the one saved in the gallery's ``model/`` folder, read as data with
+descriptors. That level is the method's own (its PDF or level map): equal descriptors are only flagged
+``descriptor_identical``, never a level. A pair is an ``exact_copy`` (level 5) when the two images, read again
+from where they were embedded, have the same pixels at the model's input size. The method is the one saved in the gallery's ``model/`` folder, read as data with
 ``zoo.module.load_folder``: nothing that ``gallery.json`` or ``model/config.json`` names is imported.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +20,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoo.data.base import default_transform
 from zoo.errors import ZooError
+from zoo.gallery.catalogue import SourceImages
 from zoo.gallery.embedding import embed
 from zoo.gallery.index import INDEX_FILE, normalised, read_ids, read_index
 from zoo.gallery.methods import check_retrieval, fingerprint
 from zoo.gallery.report import contact_sheet, write_report
-from zoo.gallery.shards import MANIFEST, MODEL_DIR, gallery_vectors, iter_shards, read_manifest
+from zoo.gallery.shards import MANIFEST, MODEL_DIR, gallery_vectors, inside, iter_shards, read_manifest
 from zoo.gallery.statistics import level_histogram, replication_ratio
-from zoo.tasks.copy_detection import COPY_FROM_LEVEL, NUM_LEVELS
+from zoo.tasks.copy_detection import (
+    COPY_FROM_LEVEL,
+    MAX_LEVEL,
+    NUM_LEVELS,
+    descriptors_identical,
+    pixels_identical,
+)
 
+GENERATOR_NAME = re.compile(r"[\w.-]+")  # a generator's name names its files in the output folder
 PAIR_CHUNK = 8192  # candidate pairs scored per call of pair_from_embeddings
 
 
@@ -40,6 +52,9 @@ class GeneratorResult:
     level: np.ndarray
     pdf: np.ndarray | None
     threshold: float
+    exact_copy: np.ndarray  # bool: the two images' decoded pixels are identical at the model's input size
+    descriptor_identical: np.ndarray  # bool: equal descriptors, which says nothing about the pixels
+    unchecked: int = 0  # descriptor-identical pairs whose pixels could not be read again
     ratio: float = 0.0
     ci: tuple[float, float] = (0.0, 0.0)
     histogram: list[int] = field(default_factory=list)
@@ -86,6 +101,10 @@ def match(gallery: str | Path, generated: Mapping[str, str | Path], output: str 
         raise ZooError(f"--confidence {confidence}: give a level between 0 and 1")
     if k < 1:
         raise ZooError(f"--k {k}: give at least 1 candidate")
+    for name in generated:
+        if not isinstance(name, str) or not GENERATOR_NAME.fullmatch(name) or set(name) == {"."}:
+            raise ZooError(f"--generated {name!r}: a generator's name is a plain name (letters, digits, _ . -), "
+                           "used for its files in --output")
     gallery, output = Path(gallery), Path(output)
     manifest = read_manifest(gallery)
     index, index_info = read_index(gallery, manifest, nprobe)
@@ -98,19 +117,25 @@ def match(gallery: str | Path, generated: Mapping[str, str | Path], output: str 
     for name, source in generated.items():
         queries = Path(source)
         if not (queries / MANIFEST).is_file():
-            queries = embed(source, output / "embeddings" / name, method, shard_size=manifest["shard_size"],
+            queries = embed(source, inside(output, "embeddings", name), method, shard_size=manifest["shard_size"],
                             batch_size=batch_size, num_workers=num_workers, dtype=manifest["dtype"],
                             trainer={"devices": 1, "enable_progress_bar": False, **(trainer or {})})
-        result = _match_generator(name, queries, gallery, manifest, index, method, k, threshold)
-        result.ratio, result.ci = replication_ratio(result.level, threshold, confidence)
-        result.histogram = level_histogram(result.level)
-        results.append(result)
-        contact_sheet(result, read_manifest(queries), manifest, top, output / f"contact_{name}.png")
+        query_manifest = read_manifest(queries)
+        sources = {"query": SourceImages(query_manifest), "gallery": SourceImages(manifest)}
+        try:
+            result = _match_generator(name, queries, gallery, manifest, index, method, k, threshold, sources)
+            result.ratio, result.ci = replication_ratio(result.level, threshold, confidence)
+            result.histogram = level_histogram(result.level)
+            results.append(result)
+            contact_sheet(result, sources, top, inside(output, f"contact_{name}.png"))
+        finally:
+            for images in sources.values():
+                images.close()
     return write_report(results, output, k=k, threshold=threshold, confidence=confidence, index=index_info)
 
 
 def _match_generator(name: str, queries: Path, gallery: Path, manifest: Mapping[str, Any], index: Any,
-                     method: Any, k: int, threshold: float) -> GeneratorResult:
+                     method: Any, k: int, threshold: float, sources: Mapping[str, SourceImages]) -> GeneratorResult:
     query_manifest = read_manifest(queries)
     if query_manifest["model_sha256"] != manifest["model_sha256"]:
         raise ZooError(f"{queries} was embedded with other weights than the gallery {gallery}")
@@ -132,21 +157,56 @@ def _match_generator(name: str, queries: Path, gallery: Path, manifest: Mapping[
     with torch.no_grad():
         for start in range(0, len(flat_q), PAIR_CHUNK):
             end = start + PAIR_CHUNK
+            # the level is the method's (its PDF or level map); an exact_copy it derives from descriptors
+            # is not read: an exact copy is decided on the pixels below
             out = method.pair_from_embeddings(flat_q[start:end], flat_g[start:end])
             level.view(-1)[start:end] = out["level"].float().cpu()
             if out.get("pdf") is not None:
                 if pdf is None:
                     pdf = torch.zeros(len(ids) * k, NUM_LEVELS)
                 pdf[start:end] = out["pdf"].float().cpu()
-    level[torch.from_numpy(positions < 0)] = -1.0  # FAISS pads with -1 when fewer than k are found
+    found = positions >= 0  # FAISS pads with -1 when fewer than k are found
+    level[torch.from_numpy(~found)] = -1.0
+    identical = descriptors_identical(flat_q, flat_g).view(len(ids), k).numpy() & found
+    ids_map = read_ids(gallery)
+    exact_at, unchecked = _exact_copies(ids, positions, similarity, identical, ids_map, sources,
+                                        method.image_transform() or default_transform(manifest.get("image_size", 224)))
     best = best_candidate(level.numpy(), similarity)
     rows = np.arange(len(ids))
-    ids_map = read_ids(gallery)
+    exact = exact_at >= 0
+    best[exact] = exact_at[exact]  # identical pixels: that candidate is the match, at level 5
+    level_best = level.numpy()[rows, best]
+    level_best[exact] = MAX_LEVEL
     return GeneratorResult(
         name=name, ids=ids, match_ids=[ids_map[p] if p >= 0 else "" for p in positions[rows, best]],
-        similarity=similarity[rows, best], level=level.numpy()[rows, best],
+        similarity=similarity[rows, best], level=level_best,
         pdf=None if pdf is None else pdf.view(len(ids), k, NUM_LEVELS).numpy()[rows, best], threshold=threshold,
+        exact_copy=exact, descriptor_identical=identical[rows, best], unchecked=unchecked,
     )
+
+
+def _exact_copies(ids: list[str], positions: np.ndarray, similarity: np.ndarray, identical: np.ndarray,
+                  gallery_ids: list[str], sources: Mapping[str, SourceImages], transform: Any) -> tuple[np.ndarray, int]:
+    """For each generated image, the candidate column whose pixels equal its own (-1 for none), and how many
+    descriptor-identical pairs could not be checked because an image could not be read again.
+
+    Only descriptor-identical candidates can be pixel-identical (the same pixels give the same descriptors), so
+    only those are decoded, highest cosine first; both images go through the method's transform, at its input
+    size, and ``pixels_identical`` decides (a lossless re-encode passes, a JPEG q90 re-encode does not).
+    """
+    exact_at = np.full(len(ids), -1)
+    unchecked = 0
+    for q in np.nonzero(identical.any(axis=1))[0]:
+        query = sources["query"].load(ids[q])
+        for j in sorted(np.nonzero(identical[q])[0], key=lambda j: -similarity[q, j]):
+            real = sources["gallery"].load(gallery_ids[positions[q, j]])
+            if query is None or real is None:
+                unchecked += 1
+                continue
+            if bool(pixels_identical(transform(query)[None], transform(real)[None])[0]):
+                exact_at[q] = j
+                break
+    return exact_at, unchecked
 
 
 def best_candidate(level: np.ndarray, similarity: np.ndarray) -> np.ndarray:

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from zoo.errors import ZooError
-from zoo.gallery.catalogue import Catalog, ImageReader
+from zoo.gallery.catalogue import SourceImages
 from zoo.gallery.shards import write_json
 from zoo.tasks.copy_detection import NUM_LEVELS
 
@@ -19,41 +18,29 @@ if TYPE_CHECKING:
     from zoo.gallery.match import GeneratorResult
 
 
-def contact_sheet(result: GeneratorResult, query_manifest: Mapping[str, Any], manifest: Mapping[str, Any],
-                  top: int, path: Path) -> None:
+def contact_sheet(result: GeneratorResult, sources: Mapping[str, SourceImages], top: int, path: Path) -> None:
     """PNG grid of the ``top`` best matches: generated image, gallery image, level and similarity.
 
-    When the images have moved away since they were embedded, the sheet shows the ids only.
+    ``sources`` holds the ``query`` and ``gallery`` images; where they have moved away since they were
+    embedded, the sheet shows the ids only.
     """
     from PIL import ImageDraw
 
-    sources = {}
-    for key, info in (("query", query_manifest), ("gallery", manifest)):
-        try:
-            catalog = Catalog.scan(info["source"], info["id_column"], info["image_column"])
-        except ZooError:
-            catalog = None
-        sources[key] = (catalog, {id_: i for i, id_ in enumerate(catalog.ids)} if catalog else {})
     order = np.lexsort((-result.similarity, -result.level))[:top]
     thumb, text_h, cols = 96, 28, 4
     rows = max(1, math.ceil(len(order) / cols))
     sheet = Image.new("RGB", (cols * (2 * thumb + 8), rows * (thumb + text_h)), "white")
     draw = ImageDraw.Draw(sheet)
-    readers = {key: ImageReader(catalog) for key, (catalog, _) in sources.items() if catalog is not None}
     for cell, q in enumerate(order):
         x, y = (cell % cols) * (2 * thumb + 8), (cell // cols) * (thumb + text_h)
         for offset, (key, id_) in enumerate((("query", result.ids[q]), ("gallery", result.match_ids[q]))):
-            positions = sources[key][1]
-            if id_ in positions:
-                try:
-                    image = readers[key].load(positions[id_]).resize((thumb, thumb))
-                except ZooError:
-                    continue  # changed since it was embedded: the id below still says which it was
-                sheet.paste(image, (x + offset * thumb, y))
-        draw.text((x + 2, y + thumb + 1), f"level {result.level[q]:.2f}  cos {result.similarity[q]:.2f}", fill="black")
+            image = sources[key].load(id_)
+            if image is not None:  # else the id below still says which it was
+                sheet.paste(image.resize((thumb, thumb)), (x + offset * thumb, y))
+        exact = "  exact copy" if result.exact_copy[q] else ""
+        draw.text((x + 2, y + thumb + 1), f"level {result.level[q]:.2f}  cos {result.similarity[q]:.2f}{exact}",
+                  fill="black")
         draw.text((x + 2, y + thumb + 13), f"{result.ids[q][:14]} ~ {result.match_ids[q][:14]}", fill="gray")
-    for reader in readers.values():
-        reader.close()
     sheet.save(path)
 
 
@@ -65,18 +52,22 @@ def write_report(results: list[GeneratorResult], output: Path, **settings: Any) 
         "settings": {**settings, "interval": "Wilson score"},
         "generators": {
             r.name: {"count": len(r.ids), "replication_ratio": r.ratio, "ci": list(r.ci),
-                     "level_histogram": r.histogram, "contact_sheet": f"contact_{r.name}.png"}
+                     "level_histogram": r.histogram, "exact_copies": int(r.exact_copy.sum()),
+                     "descriptor_identical": int(r.descriptor_identical.sum()), "pixels_unchecked": r.unchecked,
+                     "contact_sheet": f"contact_{r.name}.png"}
             for r in results
         },
     }
     write_json(output / "report.json", report)
     with open(output / "matches.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["generator", "id", "match_id", "similarity", "level", *(f"p{i}" for i in range(NUM_LEVELS))])
+        writer.writerow(["generator", "id", "match_id", "similarity", "level", "exact_copy", "descriptor_identical",
+                         *(f"p{i}" for i in range(NUM_LEVELS))])
         for r in results:
             for q in range(len(r.ids)):
                 pdf = [f"{v:.4f}" for v in r.pdf[q]] if r.pdf is not None else [""] * NUM_LEVELS
-                writer.writerow([r.name, r.ids[q], r.match_ids[q], f"{r.similarity[q]:.4f}", f"{r.level[q]:.4f}", *pdf])
+                writer.writerow([r.name, r.ids[q], r.match_ids[q], f"{r.similarity[q]:.4f}", f"{r.level[q]:.4f}",
+                                 int(r.exact_copy[q]), int(r.descriptor_identical[q]), *pdf])
     _figures(results, output, settings["threshold"], settings["confidence"])
     _table(results, settings["threshold"], settings["confidence"])
     print(f"written to {output}: report.json, matches.csv, replication_ratio.png, level_histogram.png, "
@@ -122,9 +113,10 @@ def _table(results: list[GeneratorResult], threshold: float, confidence: float) 
     from rich.table import Table
 
     table = Table(title=f"replication ratio at level ≥ {threshold:g}")
-    for column in ("generator", "images", "ratio", f"{confidence:.0%} CI", "levels 0..5"):
+    for column in ("generator", "images", "ratio", f"{confidence:.0%} CI", "levels 0..5", "exact copies"):
         table.add_column(column)
     for r in results:
+        unchecked = f" ({r.unchecked} unchecked)" if r.unchecked else ""
         table.add_row(r.name, str(len(r.ids)), f"{r.ratio:.2%}", f"{r.ci[0]:.2%} .. {r.ci[1]:.2%}",
-                      " ".join(map(str, r.histogram)))
+                      " ".join(map(str, r.histogram)), f"{int(r.exact_copy.sum())}{unchecked}")
     Console().print(table)

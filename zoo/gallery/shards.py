@@ -29,6 +29,20 @@ MANIFEST_FIELDS = {"source": str, "kind": str, "id_column": str, "image_column":
                    "shard_size": int, "num_shards": int, "dtype": str, "model_sha256": str, "complete": bool}
 
 
+def inside(folder: Path, *parts: str, what: str = "--output") -> Path:
+    """``folder / parts``, refused unless it resolves inside ``folder`` (a ``..`` or a link cannot lead out).
+
+    Raises:
+        ZooError: the path would be written outside ``folder``.
+    """
+    path = folder.joinpath(*parts)
+    root = folder.resolve()
+    if not path.resolve().is_relative_to(root) or path.resolve() == root:
+        raise ZooError(f"{what}: {'/'.join(parts)!r} would be written outside {folder} (at {path.resolve()}); "
+                       "give a plain name")
+    return path
+
+
 def shard_name(k: int) -> str:
     """File stem of shard ``k``."""
     return f"shard-{k:05d}"
