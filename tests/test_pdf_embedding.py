@@ -68,8 +68,8 @@ def test_bad_arguments() -> None:
         PDFEmbedding.from_variant("tiny", sigma=-1.0)
     with pytest.raises(ZooError, match="level_from"):
         PDFEmbedding.from_variant("tiny", level_from="median")
-    with pytest.raises(ZooError, match="exact_copy_eps"):
-        PDFEmbedding.from_variant("tiny", exact_copy_eps=1.5)
+    with pytest.raises(TypeError, match="exact_copy_eps"):  # exact copies are the task's, decided on pixels
+        PDFEmbedding.from_variant("tiny", exact_copy_eps=1e-3)
 
 
 # ----------------------------------------------------------------- the pairwise head and the retrieval API
@@ -115,25 +115,26 @@ def test_drop_path_is_the_released_rate() -> None:
 @pytest.mark.parametrize("target", ["gaussian", "regression"])
 @pytest.mark.parametrize("level_from", ["argmax", "expected"])
 def test_an_exact_copy_is_level_5_and_flagged(target: str, level_from: str) -> None:
+    """The same pixels are level 5 (the task's rule); equal descriptors alone are flagged, never a level."""
     torch.manual_seed(0)
     model = PDFEmbedding.from_variant("tiny", target=target, level_from=level_from).eval()
     images = torch.randn(12, 3, 32, 32)
+    ids = [str(i) for i in range(12)]
     with torch.no_grad():
-        same = model.predict_batch({"generated": images, "real": images.clone()})
-        other = model.predict_batch({"generated": images, "real": images.roll(1, dims=0)})
-        # from stored descriptors too, float16 ones included: identical images stay identical
+        same = model.predictions({"generated": images, "real": images.clone(), "id": ids})
+        other = model.predictions({"generated": images, "real": images.roll(1, dims=0), "id": ids})
+        near = model.predictions({"generated": images, "real": images + 1e-3, "id": ids})
+        # from stored descriptors, float16 ones included: identical descriptors are flagged as such
         emb = model.embed(images).half()
         stored = model.pair_from_embeddings(emb, emb.clone())
-    for out in (same, stored):
-        assert out["exact_copy"].dtype == torch.int64 and out["exact_copy"].tolist() == [1] * 12
-        assert out["level"].tolist() == [5.0] * 12
-    assert other["exact_copy"].tolist() == [0] * 12
+    assert same["exact_copy"].dtype == torch.int64 and same["exact_copy"].tolist() == [1] * 12
+    assert same["level"].tolist() == [5.0] * 12
+    assert other["exact_copy"].tolist() == [0] * 12 and near["exact_copy"].tolist() == [0] * 12
     if target == "gaussian":  # the released PDF of a copy is flat: its argmax alone would be noise
         assert float((same["pdf"] - 1 / 6).abs().max()) < 1e-3
-    # a near copy below the threshold is left to the method
-    sims = torch.full((1, 6), 0.99)
-    assert model._predict(sims)["exact_copy"].item() == 0
-    assert model._predict(torch.full((1, 6), 1 - 5e-4))["exact_copy"].item() == 1
+    assert "exact_copy" not in stored and stored["descriptor_identical"].tolist() == [1] * 12
+    without_pixels = model._predict(model.net.similarities(emb.float(), emb.float()))
+    torch.testing.assert_close(stored["level"], without_pixels["level"])  # the level stays the method's
 
 
 def test_predictions_match_an_independent_computation() -> None:
@@ -207,7 +208,7 @@ def test_regression_variant_predicts_a_scalar() -> None:
     model = PDFEmbedding.from_variant("tiny", target="regression").eval()
     with torch.no_grad():
         out = model.predict_batch({"generated": torch.randn(3, 3, 32, 32), "real": torch.randn(3, 3, 32, 32)})
-    assert set(out) == {"level", "exact_copy", "similarity"} and out["level"].shape == (3,)
+    assert set(out) == {"level", "similarity"} and out["level"].shape == (3,)
     assert ((out["level"] >= 0) & (out["level"] <= 5)).all()
 
 

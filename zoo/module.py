@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -102,12 +102,18 @@ class ZooModule(pl.LightningModule):
 
     @classmethod
     def from_variant(cls, variant: str, **overrides: Any) -> ZooModule:
-        """Build the named variant, with ``overrides`` on top of its arguments."""
+        """Build the named variant, with ``overrides`` on top of its arguments.
+
+        A method that trains is built untrained (random or pretrained-encoder weights): fit it before trusting
+        its predictions. Random-init weights are drawn from a fixed seed, so that two builds are the same
+        model; the global random state is left as it was.
+        """
         if variant not in cls.variants:
             raise ZooError(
                 f"{cls.__name__} has no variant {variant!r}; its variants are {', '.join(cls.variants) or 'none'}"
             )
-        return cls(**{**cls.variants[variant], **overrides})
+        with seeded():
+            return cls(**{**cls.variants[variant], **overrides})
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -142,24 +148,93 @@ class ZooModule(pl.LightningModule):
         return path
 
     def predictions(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """``predict_batch`` checked against the task, with the binary decision filled in; labels not needed."""
+        """``predict_batch`` checked against the task, completed by it; labels not needed.
+
+        The task completes what it owns: the binary decision from the calibrated threshold, and copy
+        detection's ``exact_copy`` from the pixels (level 5 where the two images are the same pixels).
+        """
         spec = self.task_spec
         spec.check_batch(batch, labelled=False)
         pred = dict(self.predict_batch(batch))
         if spec.binary and "score" in pred and "decision" not in pred:
             pred["decision"] = (pred["score"].detach() >= self.threshold).long()
         spec.check_prediction(pred, type(self).__name__)
+        if spec.complete is not None:
+            spec.complete(batch, pred)
         return pred
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """The task's predictions for a batch of pre-processed tensors (see ``predictions``).
+        """The task's predictions for a batch of pre-processed tensors (see ``predictions``), without gradients.
+
+        The images must be what ``preprocess`` gives (the method's own ``image_transform``); images in another
+        range (0-255 pixels, say) are refused. Runs in inference mode; the tensors returned are detached.
+
+        Raises:
+            ZooError: the batch breaks the task's contract, or its images lie outside the pre-processing's range.
 
         Example:
             >>> model = ZooModule.from_pretrained("runs/fake/zoo")
-            >>> model({"image": torch.rand(2, 3, 224, 224), "id": ["a", "b"]})["score"].shape
+            >>> model({"image": model.preprocess(["a.png", "b.jpg"]), "id": ["a", "b"]})["score"].shape
             torch.Size([2])
         """
-        return self.predictions(batch)
+        self._check_input_range(batch)
+        with torch.inference_mode():
+            pred = self.predictions(batch)
+        # clones made outside inference mode: plain tensors a caller may modify in place
+        return {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in pred.items()}
+
+    def preprocessing(self) -> Callable[[Any], Tensor]:
+        """PIL image -> tensor: the method's ``image_transform``, or a plain 224 x 224 resize to [0, 1]."""
+        from zoo.data.base import default_transform
+
+        return self.image_transform() or default_transform(224)
+
+    def preprocess(self, images: Any) -> Tensor:
+        """Paths or PIL images (one, or a list) -> the ``(B, 3, H, W)`` tensor ``model(batch)`` expects.
+
+        Example:
+            >>> copies = ZooModule.from_pretrained("runs/pdf/zoo")
+            >>> copies({"generated": copies.preprocess("gen.png"), "real": copies.preprocess("real.jpg"), "id": ["p"]})
+        """
+        from zoo.data.images import open_image, to_rgb
+
+        values = images if isinstance(images, list | tuple) else [images]
+        transform = self.preprocessing()
+        return torch.stack([transform(to_rgb(v) if hasattr(v, "convert") and hasattr(v, "size") and
+                                      not isinstance(v, str | Path) else open_image(v)) for v in values])
+
+    def _check_input_range(self, batch: Mapping[str, Any]) -> None:
+        """Refuse image tensors outside the range the pre-processing gives (found by probing it)."""
+        for name, field in self.task_spec.batch.items():
+            value = batch.get(name) if isinstance(batch, Mapping) else None
+            if field.shape[:2] != ("B", 3) or not isinstance(value, Tensor) or value.numel() == 0 or value.dim() < 3:
+                continue
+            bounds = self._input_range(tuple(value.shape[-2:]))
+            if bounds is None:
+                continue
+            low, high = bounds
+            margin = 0.1 * (high - low)  # resampling may overshoot a little
+            got_low, got_high = float(value.detach().min()), float(value.detach().max())
+            if got_low < low - margin or got_high > high + margin:
+                raise ZooError(
+                    f"{type(self).__name__}(batch): {name!r} holds values in [{got_low:.4g}, {got_high:.4g}], but "
+                    f"its pre-processing gives images in [{low:.4g}, {high:.4g}] (0-255 pixels?): build the tensor "
+                    f"with model.preprocess(paths or PIL images), or score files with model.predict_images(...) / "
+                    "model.compare(...)")
+
+    def _input_range(self, size: tuple[int, int]) -> tuple[float, float] | None:
+        """The lowest and highest value the pre-processing gives a black and a white image of ``size``."""
+        cache = self.__dict__.setdefault("_input_ranges", {})
+        if size not in cache:
+            from PIL import Image
+
+            transform = self.preprocessing()
+            try:
+                out = [transform(Image.new("RGB", (size[1], size[0]), (v, v, v))).float() for v in (0, 255)]
+                cache[size] = (min(float(t.min()) for t in out), max(float(t.max()) for t in out))
+            except Exception:  # noqa: BLE001 - a transform that cannot take a plain image: no check
+                cache[size] = None
+        return cache[size]
 
     def probability(self, score: Tensor) -> Tensor:
         """The probability of the positive class of a score: by default the sigmoid of a logit score.
@@ -297,6 +372,14 @@ class ZooModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # plain data beside Lightning's own keys, so a .ckpt converts with weights_only=True
         checkpoint["zoo"] = self.zoo_config()
+
+
+@contextlib.contextmanager
+def seeded(seed: int = 0) -> Iterator[None]:
+    """Draw random-init weights from ``seed`` (CPU generator) and restore the global random state after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)  # models are built on the CPU; CUDA's state is untouched
+        yield
 
 
 def load_folder(directory: str | Path, expect: type | None = None, **overrides: Any) -> ZooModule:

@@ -6,10 +6,11 @@ column (or, with ``skip_bad_images=False``, stops the run with its path).
 
 The columns are the task's prediction schema in units a person reads:
     fake_detection  score (probability generated, the sigmoid of the method's logit), logit, decision,
-                    verdict, threshold (as a probability)
-    copy_detection  level (the method's point prediction), level_argmax and level_expected (read from the
-                    six-level PDF; 5 where the method flags an exact copy), pdf_0 .. pdf_5, similarity, where
-                    the method gives them
+                    verdict, threshold (as a probability), threshold_logit (the same threshold as a logit)
+    copy_detection  level (the method's point prediction; 5 for an exact copy), exact_copy (1 where the two
+                    images are the same pixels at the model's input size), level_argmax and level_expected
+                    (read from the six-level PDF; 5 for an exact copy), pdf_0 .. pdf_5, similarity, where the
+                    method gives them
     attribution     score, loss, p_value, decision, verdict
     copyright       score, decision, verdict, threshold, artifact (the original / masked / recovered picture)
 Any other prediction a method returns is written too.
@@ -337,6 +338,8 @@ def predict(
     frame = pd.DataFrame([{**_input_columns(item, pairs), **row} for item, row in zip(items, rows, strict=True)])
     if "error" not in frame.columns:
         frame["error"] = None
+    if getattr(model, "untrained", False):  # said in every row, so that no row can be read as a verdict
+        frame.insert(frame.columns.get_loc("error"), "untrained", True)
     # integers (decisions, argmax levels) stay integers beside the empty cells of failed rows
     integers = {k for row in rows for k, v in row.items() if isinstance(v, int) and not isinstance(v, bool)}
     for column in integers:
@@ -382,16 +385,19 @@ def readable(model: Any, pred: dict[str, Any], size: int) -> list[dict[str, Any]
         columns["verdict"] = [task.positive if d == 1 else task.negative for d in decision]
         threshold = float(model.threshold) if model.calibrates_threshold else None
         if task.name == "fake_detection":
+            # one meaning per word: score and threshold are probabilities, their logits have columns of their own
             columns["logit"] = columns["score"]
             columns["score"] = model.probability(pred["score"].detach().cpu()).tolist()
-            threshold = float(model.probability(model.threshold.detach().cpu())) if threshold is not None else None
+            if threshold is not None:
+                columns["threshold_logit"] = [threshold] * size
+                threshold = float(model.probability(model.threshold.detach().cpu()))
         if threshold is not None:
             columns["threshold"] = [threshold] * size
     elif "pdf" in pred:
         pdf = pred["pdf"].detach().float().cpu()
         argmax = pdf.argmax(dim=1)
         expected = pdf @ torch.arange(pdf.shape[1], dtype=pdf.dtype)
-        if "exact_copy" in pred:  # the method's rule for identical images overrides their flat PDF
+        if "exact_copy" in pred:  # the same pixels (the task's rule) are level 5 whatever the PDF says
             exact = pred["exact_copy"].detach().cpu().bool()
             argmax = torch.where(exact, torch.full_like(argmax, pdf.shape[1] - 1), argmax)
             expected = torch.where(exact, torch.full_like(expected, pdf.shape[1] - 1), expected)
@@ -401,7 +407,7 @@ def readable(model: Any, pred: dict[str, Any], size: int) -> list[dict[str, Any]
     return [{c: columns[c][j] for c in order} for j in range(size)]
 
 
-_FIRST = ("score", "logit", "decision", "verdict", "threshold", "level", "level_argmax", "level_expected",
+_FIRST = ("score", "logit", "decision", "verdict", "threshold", "threshold_logit", "level", "level_argmax", "level_expected",
           "similarity", "exact_copy")
 
 
@@ -508,8 +514,12 @@ def cmd_predict(argv: list[str]) -> int:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--ckpt_path", help="a zoo checkpoint folder, hf-hub:org/name, or a short name of "
                        "`zoo list --pretrained`")
-    which.add_argument("--model", help="a registered method by name, for methods that need no training")
+    which.add_argument("--model", help="a registered method by name (built from its arguments, seeded); a method "
+                       "that trains is refused unless --untrained")
     parser.add_argument("--variant", help="a named variant of --model (e.g. tiny)")
+    parser.add_argument("--untrained", action="store_true",
+                        help="with --model: score with a method that trains, unfitted, on purpose; every row then "
+                        "says untrained = true")
     given = parser.add_mutually_exclusive_group(required=True)
     given.add_argument("--inputs", nargs="+", help="image files, folders or globs (copy detection: GENERATED REAL)")
     given.add_argument("--pairs", help="copy detection: a CSV with the columns generated,real (relative paths)")
@@ -527,7 +537,15 @@ def cmd_predict(argv: list[str]) -> int:
     output = Path(args.output)
     if output.suffix.lower() not in OUTPUT_FORMATS:
         raise ZooError(f"--output {output}: the format follows the extension; use one of {', '.join(OUTPUT_FORMATS)}")
-    model = load_model(args.ckpt_path, args.model, args.variant, overrides)
+    from zoo.module import seeded
+
+    _check_untrained(args.model, args.variant, args.untrained)
+    with seeded() if args.model else contextlib.nullcontext():  # the same command builds the same model
+        model = load_model(args.ckpt_path, args.model, args.variant, overrides)
+    if args.untrained:
+        model.untrained = True
+        print(f"zoo predict: {args.model} is not trained (--untrained): its scores come from its initial weights "
+              "and say nothing about your images; every row says untrained = true", file=sys.stderr)
     task = model.task_spec.name
     if args.pairs is not None:
         if task != "copy_detection":
@@ -551,6 +569,27 @@ def cmd_predict(argv: list[str]) -> int:
     print(f"zoo predict: {type(model).__name__} scored {len(frame) - failed} of {len(frame)} inputs, {failed} failed"
           f"{' (see the error column)' if failed else ''}{_threshold_note(model)}; wrote {output}", file=sys.stderr)
     return 0
+
+
+def _check_untrained(name: str | None, variant: str | None, untrained: bool) -> None:
+    """Refuse an unfitted method that trains unless ``--untrained`` says it is on purpose."""
+    if name is None:
+        if untrained:
+            raise ZooError("--untrained goes with --model: a checkpoint holds trained weights")
+        return
+    from zoo import registry
+    from zoo.tasks import get_task
+
+    cls = registry.methods.load(name)
+    if not cls.trains:
+        if untrained:
+            raise ZooError(f"{name} has nothing to train: drop --untrained")
+        return
+    if not untrained:
+        fit = f"zoo fit --model {name}{f' --variant {variant}' if variant else ''} --data " + (
+            get_task(cls.task).mini_datamodule if variant == "tiny" else "<your datamodule>")
+        raise ZooError(f"{name} trains and --model builds it unfitted: fit it first ({fit}) and predict with "
+                       "--ckpt_path <its run folder>, or pass --untrained to score with its initial weights on purpose")
 
 
 def _with_caption(item: Item, captions: dict[str, str]) -> Item:

@@ -32,6 +32,7 @@ from torch import Tensor
 from zoo.backbones import Encoder, freeze
 from zoo.errors import ZooError
 from zoo.module import ZooModule
+from zoo.tasks.copy_detection import descriptors_identical
 from zoo_copy_baselines.torch_model import (
     MAX_LEVEL,
     LevelMapping,
@@ -66,12 +67,19 @@ class _PairDescriptor(ZooModule):
         return self.normaliser(generated_emb, scores, exclude)
 
     def pair_from_embeddings(self, generated_emb: Tensor, real_emb: Tensor) -> dict[str, Tensor]:
-        """Predictions of the copy-detection schema from stored descriptors, plus the ``similarity`` used."""
+        """Predictions of the copy-detection schema from stored descriptors, plus the ``similarity`` used.
+
+        ``descriptor_identical`` flags equal descriptors, which are not equal pixels: the level stays the map's.
+        """
         scores = self.similarity(generated_emb.float(), real_emb.float())
-        return {"level": self.level_map(scores).clamp(0.0, MAX_LEVEL), "similarity": scores.float()}
+        return {"level": self.level_map(scores).clamp(0.0, MAX_LEVEL), "similarity": scores.float(),
+                "descriptor_identical": descriptors_identical(generated_emb, real_emb).long()}
 
     def predict_batch(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        return self.pair_from_embeddings(self.embed(batch["generated"]), self.embed(batch["real"]))
+        # with the pixels at hand the task decides exact copies on them (zoo.tasks.copy_detection)
+        out = self.pair_from_embeddings(self.embed(batch["generated"]), self.embed(batch["real"]))
+        del out["descriptor_identical"]
+        return out
 
     @torch.no_grad()
     def fit_level_mapping(self, pairs: Iterable[Mapping[str, Any]]) -> None:

@@ -14,6 +14,7 @@ from torch import Tensor
 from zoo import backbones
 from zoo.errors import ZooError
 from zoo.module import ZooModule, read_weights_only
+from zoo.tasks.copy_detection import descriptors_identical
 from zoo_pdf_embedding.torch_model import (
     MAX_LEVEL,
     NUM_LEVELS,
@@ -50,8 +51,6 @@ class PDFEmbedding(ZooModule):
         level_from: which point prediction fills ``level``: ``argmax`` (5 - argmax over the tokens, the
             paper's) or ``expected`` (the mean level under the predicted PDF).
         drop_path_rate: stochastic depth of the ViT during training.
-        exact_copy_eps: a pair whose six token cosines are all >= 1 - eps is an exact copy: level 5,
-            flagged ``exact_copy`` (the released method's PDF is flat there and its argmax is noise).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
     """
@@ -87,7 +86,6 @@ class PDFEmbedding(ZooModule):
         learn_temperature: bool = True,  # zoo choice, as CLIP's logit scale
         level_from: str = "argmax",  # paper: predicted level = 5 - argmax
         drop_path_rate: float = 0.1,  # released code: create_model(..., drop_path_rate=0.1)
-        exact_copy_eps: float = 1e-3,  # zoo rule: six cosines within 1e-3 of 1 -> level 5
         lr: float = 5e-5,  # zoo choice for fine-tuning DeiT-B (training is not released)
         weight_decay: float = 0.05,  # DeiT's AdamW weight decay
     ) -> None:
@@ -99,9 +97,7 @@ class PDFEmbedding(ZooModule):
         for name, value in (("sigma", sigma), ("k", k), ("beta", beta)):
             if value <= 0:
                 raise ZooError(f"PDFEmbedding argument {name} must be > 0, got {value}")
-        if not 0 <= exact_copy_eps < 1:
-            raise ZooError(f"PDFEmbedding exact_copy_eps={exact_copy_eps} must lie in [0, 1)")
-        self.target, self.level_from, self.exact_copy_eps = target, level_from, exact_copy_eps
+        self.target, self.level_from = target, level_from
         self.width = {"gaussian": sigma, "linear": 1.0 / k, "exponential": beta}.get(target, 0.0)
         self.img_size = img_size
         self.lr, self.weight_decay = lr, weight_decay
@@ -134,13 +130,15 @@ class PDFEmbedding(ZooModule):
         """Predictions of the task schema from stored ``embed`` descriptors, without the encoder.
 
         Descriptors are compared in float32. Store them in float32 too: float16 storage moves near-flat
-        PDFs enough to change their argmax level.
+        PDFs enough to change their argmax level. ``descriptor_identical`` flags equal descriptors, which
+        are not equal pixels (a collapsed model gives every image the same): the level stays the PDF's.
         """
-        return self._predict(self.net.similarities(generated_emb.float(), real_emb.float()))
+        out = self._predict(self.net.similarities(generated_emb.float(), real_emb.float()))
+        out["descriptor_identical"] = descriptors_identical(generated_emb, real_emb).long()
+        return out
 
     def _predict(self, sims: Tensor) -> dict[str, Tensor]:
-        # identical images: six cosines of 1, a flat PDF whose argmax is rounding noise; the zoo says level 5
-        exact = (sims.float() >= 1 - self.exact_copy_eps).all(dim=1)
+        # an exact copy (level 5) is decided on the pixels by the task (zoo.tasks.copy_detection), not here
         out: dict[str, Tensor] = {}
         if self.target == "regression":
             level = self.net.regress(sims).float() * MAX_LEVEL
@@ -153,8 +151,7 @@ class PDFEmbedding(ZooModule):
                 level = (MAX_LEVEL - sims.float().argmax(dim=1)).float()
             else:
                 level = pdf @ torch.arange(NUM_LEVELS, device=pdf.device, dtype=pdf.dtype)
-        out["level"] = torch.where(exact, torch.full_like(level, MAX_LEVEL), level)
-        out["exact_copy"] = exact.long()
+        out["level"] = level
         out["similarity"] = sims.float().mean(dim=1)  # the mean of the six token cosines (= the descriptors' dot)
         return out
 

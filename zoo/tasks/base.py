@@ -72,6 +72,8 @@ class Task:
     primary_metric: str = "auroc"
     # registry name of the task's mini-suite datamodule
     mini_datamodule: str = ""
+    # what the task adds to every method's prediction from the batch, in place (copy detection: exact copies)
+    complete: Callable[[Mapping[str, Any], dict[str, Any]], None] | None = None
 
     def check(self, fields: Mapping[str, Field], values: Mapping[str, Any], where: str, labelled: bool = True) -> None:
         size = None

@@ -1,0 +1,127 @@
+"""Verdicts a user can trust: no silent untrained model, the same rows on a second run, one meaning per word,
+and a Python API that checks its input."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from skimage import data as photos
+
+from zoo import registry
+from zoo.backbones import Encoder
+from zoo.cli import main
+from zoo.errors import ZooError
+from zoo.module import ZooModule
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    for name in ("astronaut", "coffee", "rocket"):
+        Image.fromarray(getattr(photos, name)()).resize((96, 80)).save(root / f"{name}.png")
+    return root
+
+
+def _predict(capsys, *args):
+    code = main(["predict", *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["PDFEmbedding", "CNNDetector"])
+def test_predict_refuses_an_untrained_model_without_untrained(name, images, tmp_path, capsys):
+    cls = registry.methods.load(name)
+    inputs = [str(images / "astronaut.png"), str(images / "coffee.png")]
+    code, err = _predict(capsys, "--model", name, "--variant", "tiny", "--inputs", *inputs,
+                         "--output", str(tmp_path / "out.csv"))
+    mini = {"copy_detection": "MiniCopyDetection", "fake_detection": "MiniFakeDetection"}[cls.task]
+    assert code != 0 and err.startswith("zoo: error: ") and err.count("\n") == 1, err
+    assert f"zoo fit --model {name} --variant tiny --data {mini}" in err and "--untrained" in err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_untrained_on_purpose_says_so_in_every_row(images, tmp_path, capsys):
+    out = tmp_path / "out.csv"
+    code, err = _predict(capsys, "--model", "CNNDetector", "--variant", "tiny", "--untrained", "--inputs",
+                         str(images), "--output", str(out))
+    assert code == 0 and "not trained (--untrained)" in err
+    frame = pd.read_csv(out)
+    assert len(frame) == 3 and frame["untrained"].tolist() == [True] * 3
+
+
+def test_methods_with_nothing_to_train_run_without_untrained(images, tmp_path, capsys):
+    out = tmp_path / "out.csv"
+    inputs = [str(images / "astronaut.png"), str(images / "coffee.png")]
+    code, _ = _predict(capsys, "--model", "DescriptorSimilarity", "--variant", "tiny", "--inputs", *inputs,
+                       "--output", str(out))
+    assert code == 0 and "untrained" not in pd.read_csv(out).columns
+    code, err = _predict(capsys, "--model", "DescriptorSimilarity", "--variant", "tiny", "--untrained", "--inputs",
+                         *inputs)
+    assert code != 0 and "nothing to train" in err
+
+
+@pytest.mark.parametrize(("name", "extra"), [("PDFEmbedding", ["--untrained"]), ("DescriptorSimilarity", []),
+                                             ("CLIPMLP", ["--untrained"])])
+def test_a_second_run_gives_the_same_rows(name, extra, images, tmp_path, capsys):
+    """Random-init weights are seeded: the same command gives the same rows, in a process whose state moved on."""
+    task = registry.methods.load(name).task
+    inputs = [str(images / "astronaut.png"), str(images / "coffee.png")] if task == "copy_detection" else [
+        str(images)]
+    runs = []
+    for i in range(2):
+        torch.manual_seed(100 + i)  # whatever the global random state, the rows are the same
+        out = tmp_path / f"run{i}.csv"
+        assert main(["predict", "--model", name, "--variant", "tiny", *extra, "--inputs", *inputs,
+                     "--output", str(out)]) == 0
+        runs.append(out.read_text())
+    assert runs[0] == runs[1]
+
+
+def test_the_tiny_clip_is_one_model_and_leaves_the_global_state(capfd):
+    torch.manual_seed(1)
+    state = torch.random.get_rng_state()
+    a = Encoder("open_clip:zoo-tiny-clip", pretrained=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(2)
+    b = Encoder("open_clip:zoo-tiny-clip", pretrained=False)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert "No pretrained weights loaded" not in "".join(capfd.readouterr())
+
+
+def test_no_weights_warning_when_a_checkpoint_is_loaded(tmp_path, capfd, caplog):
+    registry.methods.load("CLIPMLP").from_variant("tiny").save_pretrained(tmp_path / "ckpt")
+    capfd.readouterr()
+    ZooModule.from_pretrained(tmp_path / "ckpt")
+    seen = "".join(capfd.readouterr()) + caplog.text
+    assert "No pretrained weights loaded" not in seen
+
+
+def test_fake_detection_threshold_is_a_probability_with_its_logit_beside(images, tmp_path, capsys):
+    model = registry.methods.load("CNNDetector").from_variant("tiny")
+    model.threshold.fill_(-1.17)  # a calibrated logit threshold
+    model.save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "fake.csv"
+    assert main(["predict", "--ckpt_path", str(tmp_path / "ckpt"), "--inputs", str(images),
+                 "--output", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert frame["threshold_logit"].tolist() == pytest.approx([-1.17] * 3)
+    assert frame["threshold"].tolist() == pytest.approx([float(torch.sigmoid(torch.tensor(-1.17)))] * 3)
+    assert (frame["verdict"] == "generated").tolist() == (frame["logit"] >= -1.17).tolist()
+
+
+def test_model_call_runs_without_gradients_and_checks_its_input(images):
+    model = registry.methods.load("CNNDetector").from_variant("tiny").eval()
+    x = model.preprocess([str(images / "astronaut.png"), Image.open(images / "coffee.png")])
+    out = model({"image": x, "id": ["a", "b"]})
+    assert out["score"].shape == (2,) and out["score"].grad_fn is None and not out["score"].requires_grad
+    out["score"] += 1  # a plain tensor, not an inference tensor
+    pixels = torch.from_numpy(photos.astronaut()[:64, :64]).permute(2, 0, 1)[None].float()  # 0-255
+    pixels = torch.nn.functional.interpolate(pixels, size=x.shape[-2:])
+    with pytest.raises(ZooError, match=r"model\.preprocess"):
+        model({"image": pixels, "id": ["a"]})
+    copies = registry.methods.load("PDFEmbedding").from_variant("tiny").eval()
+    g = copies.preprocess(str(images / "astronaut.png"))
+    assert copies({"generated": g, "real": g.clone(), "id": ["p"]})["exact_copy"].tolist() == [1]
+    with pytest.raises(ZooError, match="'real' holds values"):
+        copies({"generated": g, "real": g * 255, "id": ["p"]})
