@@ -22,7 +22,11 @@ TINY_PGD = {"steps": 3, "save_artifacts": False}
 
 @pytest.fixture(scope="session")
 def mini_models(zoo_cache):
-    """The tiny pretrained model and its full and LoRA fine-tunes, trained once per session."""
+    """The tiny pretrained model and its full and LoRA fine-tunes that ``zoo-mini`` names.
+
+    In their ``test`` setting (``$ZOO_CGI_DM_MINI``, set in conftest): about 30 CPU seconds to train, once,
+    into the persistent test cache. The mini suite's own models train four times as long.
+    """
     from zoo_cgi_dm.finetune import ensure_mini_models
 
     return ensure_mini_models()
@@ -429,6 +433,7 @@ def test_dino_config_preprocesses_as_the_released_resize_256_and_crop_224():
     args = yaml.safe_load((ROOT / "configs/cgi_dm/sd14_dreambooth_dino.yaml").read_text())["model"]["init_args"]
     scorer = CGIDM._build_scorer(args["encoder"], False, args.get("encoder_kwargs"), args["encoder_blocks"],
                                  args.get("encoder_resize"))
+    assert args["encoder_blocks"] == 4  # get_intermediate_layers(x, 4): 4 x 384 = 1536-d
     resize, crop = scorer.geometry
     assert (resize.size, resize.interpolation) in (([256], InterpolationMode.BICUBIC), (256, InterpolationMode.BICUBIC))
     assert list(crop.size) == [224, 224]
@@ -451,3 +456,82 @@ def test_configs_use_the_released_instance_prompt():
         args = yaml.safe_load((ROOT / f"configs/cgi_dm/{name}.yaml").read_text())["model"]["init_args"]
         assert args["prompt"] == "sks style", name
         assert set((args.get("prompts") or {}).values()) <= {"sks style"}, name
+
+
+def _released_l2_pgd(xvar, predict, nb_iter, eps, eps_iter, clip_min, clip_max):
+    """Nicholas0228/Revelio, PGD.py perturb_iterative (ord=2, minimize=True as L2PGDAttack(targeted=True) calls it,
+    no random start) with normalize_by_pnorm and clamp_by_pnorm, for one image (the release's batch of 1)."""
+    delta = torch.zeros_like(xvar).requires_grad_()
+    for _ in range(nb_iter):
+        loss = -predict(xvar + delta)
+        loss.backward()
+        grad = delta.grad.data
+        grad = grad * (1.0 / torch.norm(grad).unsqueeze(0))
+        if torch.isnan(grad).any():
+            grad = torch.zeros_like(grad)
+        delta.data = delta.data + eps_iter * grad
+        delta.data = torch.clamp(xvar.data + delta.data, clip_min, clip_max) - xvar.data
+        norm = delta.data.abs().pow(2).reshape(1, -1).sum(dim=1).pow(0.5).clamp(min=1e-4)
+        delta.data = torch.min(eps / norm, torch.ones_like(norm)) * delta.data
+        delta.grad.data.zero_()
+    return torch.clamp(xvar + delta, clip_min, clip_max).detach()
+
+
+def test_pgd_steps_as_the_released_l2_attack():
+    """Row "PGD": gradient over its L2 norm, step 2.0 against the objective, L2 ball 70 (here 1.0, active), box 100."""
+    import inspect
+
+    from zoo_cgi_dm.lightning_model import CGIDM
+    from zoo_cgi_dm.torch_model import ContrastingGradientInversion
+
+    defaults = {k: v.default for k, v in inspect.signature(CGIDM).parameters.items()}
+    assert (defaults["radius"], defaults["step_size"], defaults["steps"], defaults["clip"]) == (70.0, 2.0, 1000, 100.0)
+    inv = {k: v.default for k, v in inspect.signature(ContrastingGradientInversion).parameters.items()}
+    assert (inv["t_min"], inv["t_max"], inv["mask_block"], inv["shared_noise"]) == (1, 999, 4, False)
+    inverter = _inverter(steps=4, radius=1.0, step_size=0.4, clip=100.0)
+    torch.manual_seed(1)
+    images, target = torch.rand(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    inverter.objective = lambda z, *args, **kwargs: (z - target).square().flatten(1).sum(1)
+    result = inverter.invert(images)
+    keep = inverter.mask(result.latents)
+    for i in range(2):
+        ori = result.latents[i:i + 1]  # Extractor.py attack_noise_model.forward: ori * M + x * (1 - M)
+        predict = lambda x, i=i, ori=ori: (ori * keep + x * (1 - keep) - target[i:i + 1]).square().sum()  # noqa: E731
+        attacked = _released_l2_pgd(result.start_latents[i:i + 1], predict, 4, 1.0, 0.4, -100.0, 100.0)
+        released = ori * keep + attacked * (1 - keep)  # Extractor.py, after perturb
+        torch.testing.assert_close(result.recovered_latents[i:i + 1], released, atol=1e-5, rtol=1e-5)
+    assert float((result.recovered_latents - result.start_latents).flatten(1).norm(dim=1).max()) == pytest.approx(1.0)
+
+
+def test_image_transform_is_the_released_bilinear_512_resize_and_crop():
+    """Row "input image": Extractor.py's transform, Resize(512, BILINEAR) of the shorter side and CenterCrop(512)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+    from zoo_cgi_dm.lightning_model import CGIDM
+
+    # Nicholas0228/Revelio, Extractor.py, module-level `transform` (then ToTensor, as sdm_utils.preprocess scales)
+    released = transforms.Compose([
+        transforms.Resize(512, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.CenterCrop(512),
+        transforms.ToTensor(),
+    ])
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 700, 3)).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    ours = CGIDM.image_transform(SimpleNamespace(image_size=512))(image)  # the SD models' 512-pixel resolution
+    torch.testing.assert_close(ours, released(image), atol=1e-6, rtol=0)  # the same 8-bit pixels
+
+
+def test_sd_configs_name_the_released_encoders_and_pgd():
+    """Rows "CLIP encoder", "DINO feature", "PGD": the SD configs' encoder and PGD numbers are the release's."""
+    import yaml
+
+    for name, encoder in (("sd14_dreambooth_clip", "open_clip:ViT-B-32@openai"),
+                          ("sd14_dreambooth_dino", "timm:vit_small_patch16_224.dino"),
+                          ("sd15_lora_clip", "open_clip:ViT-B-32@openai")):
+        args = yaml.safe_load((ROOT / f"configs/cgi_dm/{name}.yaml").read_text())["model"]["init_args"]
+        assert args["encoder"] == encoder, name
+        assert (args["radius"], args["step_size"], args["steps"], args["clip"]) == (70.0, 2.0, 1000, 100.0), name
+        assert not args.get("shared_noise", False) and args.get("timesteps_per_step", 1) == 1, name
