@@ -13,12 +13,19 @@ diffusion models pointed at the local folder, and the long loops cut to one step
 iterations, restarts; three calibration images). The Trainer runs in fp32 on the CPU (``precision: 32-true``):
 a CPU without bf16 units emulates the configs' ``bf16-mixed``, about 15 times slower.
 
+Only the configs that name a diffusion model request the SD-1.5 folder (a fixture, built once per module on first
+use): a ``-k`` run of other configs writes none. The RONAN config of SD-2-base (``sd2_base_ddim``) runs on the same
+SD-1.5 folder, so its UNet and text encoder are SD-1.5's, not SD-2-base's; its arguments are its own. CGI-DM's LoRA
+config runs twice: on the peft adapter folder and on a diffusers-format ``pytorch_lora_weights.safetensors``.
+Every test metric must be finite and inside its range (AUROC, AP, accuracy, µAP, RD in [0, 1]; PCC in [-1, 1]).
+
 These tests are deselected by default (marker ``full_size``); run them with ``pytest -m full_size``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +116,13 @@ def write_stable_diffusion(folder: Path) -> Path:
     return folder
 
 
-def write_lora(base: Path, folder: Path) -> Path:
-    """A rank-4 peft LoRA adapter on the attention projections of ``base``'s UNet, random (non-zero) weights."""
+def write_lora(base: Path, folder: Path, diffusers_folder: Path) -> tuple[Path, Path]:
+    """A rank-4 LoRA on the attention projections of ``base``'s UNet, random (non-zero) weights, written twice:
+    as a peft adapter folder and as diffusers' ``pytorch_lora_weights.safetensors`` (``save_lora_weights``, the
+    file diffusers' LoRA training scripts write). Returns the folder and the file."""
     import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
     from safetensors.torch import save_file
 
@@ -126,33 +137,70 @@ def write_lora(base: Path, folder: Path) -> Path:
     config.save_pretrained(str(folder))
     state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(unet, save_embedding_layers=False).items()}
     save_file(state, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-    return folder
+    StableDiffusionPipeline.save_lora_weights(diffusers_folder, unet_lora_layers=convert_state_dict_to_diffusers(state))
+    return folder, diffusers_folder / "pytorch_lora_weights.safetensors"
 
 
 @pytest.fixture(scope="module")
 def stable_diffusion(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sd15")
     folder = write_stable_diffusion(root / "stable-diffusion-v1-5")
-    return {"pipeline": folder, "lora": write_lora(folder, root / "lora")}
+    lora, diffusers_lora = write_lora(folder, root / "lora", root / "diffusers-lora")
+    return {"pipeline": folder, "lora": lora, "diffusers_lora": diffusers_lora}
 
 
 # ------------------------------------------------------------------------------------------ the smoke runs
-def overrides(method: str, init_args: dict[str, Any], sd: dict[str, Path]) -> dict[str, Any]:
+DIFFUSION_METHODS = ("CGIDM", "InversionAttribution")
+# (low, high) of each metric by its last name part (``other_model/auroc_raw`` -> ``auroc_raw``); others: finite
+METRIC_RANGES = {
+    **dict.fromkeys(("acc", "auroc", "auroc_raw", "auroc_calibrated", "ap", "tpr_at_1fpr", "muap", "rd"), (0.0, 1.0)),
+    "pcc": (-1.0, 1.0),
+}
+
+
+def metric_problems(metrics: dict[str, float]) -> list[str]:
+    """Each metric that is not a finite number inside its range, said in words."""
+    problems = []
+    for name, value in metrics.items():
+        low, high = METRIC_RANGES.get(name.rsplit("/", 1)[-1], (-math.inf, math.inf))
+        if not math.isfinite(value) or not low <= value <= high:
+            problems.append(f"{name} = {value} (expected a finite number in [{low}, {high}])")
+    return problems
+
+
+def test_metric_bounds_catch_nan_and_out_of_range_values() -> None:
+    assert metric_problems({"auroc": 0.0, "pcc": -1.0, "threshold": -3.5, "real/auroc_raw": 1.0}) == []
+    assert len(metric_problems({"muap": float("nan"), "pcc": 1.5, "other_model/auroc": -0.1, "threshold": math.inf})) == 4
+
+
+def overrides(method: str, init_args: dict[str, Any], sd: dict[str, Path] | None, lora_format: str = "peft") -> dict[str, Any]:
     """The config's model arguments that cannot run offline, or would run for hours on a CPU."""
     if method == "CGIDM":
-        finetuned = sd["lora"] if init_args.get("finetune_type") == "lora" else sd["pipeline"]
+        lora = sd["diffusers_lora"] if lora_format == "diffusers" else sd["lora"]
+        finetuned = lora if init_args.get("finetune_type") == "lora" else sd["pipeline"]
         return {"pretrained": str(sd["pipeline"]), "finetuned": str(finetuned), "encoder_pretrained": False,
                 "steps": 1}
     if method == "InversionAttribution":
         kind = str(init_args["generator"]).partition(":")[0]
         return {"generator": f"{kind}:{sd['pipeline']}", "latent_size": SMOKE_SAMPLE_SIZE, "iterations": 1,
-                "restarts": 1, "calibration": None, "calibration_size": 3, "min_calibration": 3}
+                "restarts": 1, "calibration": None, "calibration_size": 3, "min_calibration": 3,
+                "ddim_steps": min(int(init_args.get("ddim_steps", 2)), 2)}
     return {"pretrained": False}
 
 
+def smoke_cases() -> list[Any]:
+    """Every real config, and CGI-DM's LoRA configs once more on a diffusers-format LoRA file."""
+    cases = [pytest.param(p, "peft", id=f"{p.parent.name}/{p.stem}") for p in real_configs()]
+    for path in real_configs():
+        init_args = (yaml.safe_load(path.read_text())["model"].get("init_args") or {})
+        if init_args.get("finetune_type") == "lora":
+            cases.append(pytest.param(path, "diffusers", id=f"{path.parent.name}/{path.stem}[diffusers-lora-file]"))
+    return cases
+
+
 @pytest.mark.full_size
-@pytest.mark.parametrize("config", real_configs(), ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_real_config_runs_at_full_size(config: Path, stable_diffusion: dict[str, Path], tmp_path: Path,
+@pytest.mark.parametrize(("config", "lora_format"), smoke_cases())
+def test_real_config_runs_at_full_size(config: Path, lora_format: str, request: pytest.FixtureRequest, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from zoo import registry
     from zoo.bench.runner import run_job
@@ -163,7 +211,9 @@ def test_real_config_runs_at_full_size(config: Path, stable_diffusion: dict[str,
     model = whole["model"]
     method = model["class_path"].rsplit(".", 1)[-1]
     task = registry.methods.load(method).task
-    entry = {"config": str(config), "init_args": overrides(method, model.get("init_args", {}), stable_diffusion)}
+    # the SD-1.5 folder (about 1.07 B parameters written to disk) only for the configs that name a diffusion model
+    sd = request.getfixturevalue("stable_diffusion") if method in DIFFUSION_METHODS else None
+    entry = {"config": str(config), "init_args": overrides(method, model.get("init_args", {}), sd, lora_format)}
     data = {"batch_size": 2, "max_samples": 8}
     if (whole.get("data") or {}).get("init_args", {}).get("captions"):
         data["captions"] = True  # a text-conditioned method needs the mini set's captions
@@ -173,7 +223,9 @@ def test_real_config_runs_at_full_size(config: Path, stable_diffusion: dict[str,
     result = run_job(job, tmp_path / job.id)
     assert result["status"] == "ok", f"{config.name}: {result.get('error')}\n{(tmp_path / job.id / 'error.txt').read_text()}"
     assert result["metrics"], f"{config.name}: no test metric"
-    if method not in ("CGIDM", "InversionAttribution"):  # their diffusion models are named, not saved
+    problems = metric_problems(result["metrics"])
+    assert not problems, f"{config.name}: " + "; ".join(problems)
+    if method not in DIFFUSION_METHODS:  # their diffusion models are named, not saved
         assert result["params"] > 10_000_000, f"{config.name}: {result['params']} parameters is not a full-size model"
 
 
