@@ -328,3 +328,40 @@ def test_save_pretrained_writes_ordinary_files(tiny):
     os.umask(mask)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         assert stat.S_IMODE((tiny / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+@pytest.mark.parametrize("case", ["int_state", "list_state", "output_is_a_file", "broken_zip", "text_file",
+                                  "released_int_state"])
+def test_zoo_convert_bad_input_is_one_line(case, tiny, tmp_path, capsys):
+    model = ZooModule.from_pretrained(tiny)
+    ckpt, output, released = tmp_path / "run.ckpt", tmp_path / "out", []
+    state: object = model.state_dict()
+    if case == "int_state":
+        state = {**model.state_dict(), "extra": 3}
+    elif case == "list_state":
+        state = list(model.state_dict().values())
+    torch.save({"state_dict": state, "zoo": model.zoo_config()}, ckpt)
+    message = {"int_state": "'state_dict' entry 'extra' is int, not a tensor",
+               "list_state": "'state_dict' is list, not a mapping", "output_is_a_file": "is an existing file",
+               "broken_zip": "is a damaged zip archive", "text_file": "text.pt is not a PyTorch checkpoint file",
+               "released_int_state": "entry 'conv1.weight' is a int, not a tensor"}[case]
+    if case == "output_is_a_file":
+        output.write_text("keep me")
+    elif case == "broken_zip":
+        data = bytearray(ckpt.read_bytes())
+        cd = data.rfind(b"PK\x01\x02")
+        data[cd:cd + 4] = b"XXXX"  # the central directory's first record
+        (tmp_path / "sscd.pt").write_bytes(bytes(data))
+        ckpt, released = tmp_path / "sscd.pt", ["--released", "SSCD"]
+    elif case == "text_file":
+        ckpt = tmp_path / "text.pt"
+        ckpt.write_text("index of things\n")
+    elif case == "released_int_state":
+        torch.save({"conv1.weight": 3, "fc.weight": torch.zeros(2)}, tmp_path / "sscd.pt")
+        ckpt, released = tmp_path / "sscd.pt", ["--released", "SSCD"]
+    assert main(["convert", str(ckpt), str(output), *released]) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err, message)
+    assert len(err.strip().splitlines()) == 1, err
+    if case == "output_is_a_file":
+        assert output.read_text() == "keep me"

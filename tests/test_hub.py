@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -547,3 +548,56 @@ def test_list_pretrained_shows_source_and_verification(plugins, monkeypatch, tmp
     assert main(["download", "sscd.disc_mixup"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "at a download address" in err and "zoo convert --released SSCD" in err
+
+
+def test_credentials_in_hf_endpoint_are_never_shown(trained, online, monkeypatch, tmp_path, capsys):
+    _, folder, _, _ = trained
+    url = closed_port_url().replace("http://", "http://user:Sup3rSecret@") + "/api?token=Sup3rToken"
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
+    capsys.readouterr()
+    for argv in (["publish", str(folder), "--repo_id", "org/away"], ["download", "hf-hub:org/away"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "unreachable" in err and "***@127.0.0.1" in err, err
+        assert "Sup3rSecret" not in err and "Sup3rToken" not in err, err
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("metrics.csv", "epoch,test/accuracy\n0,notanumber\n", "metrics.csv line 2: metric 'test/accuracy'"),
+    ("metrics.csv", b"epoch,test/accuracy\n0,\xff\n", "metrics.csv: not a readable CSV file"),
+    ("config.yaml", "model: !!python/object/apply:os.system ['true']\n", "config.yaml is not a readable YAML"),
+    ("config.yaml", "- 1\n- 2\n", "config.yaml must hold a YAML mapping"),
+    ("metrics.json", "[1, 2]", "must hold a JSON object of metric name -> number"),
+])
+def test_publish_bad_run_files_are_one_line(name, content, message, trained, server, online, tmp_path, capsys):
+    _, folder, _, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(folder, run / "zoo")
+    (run / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    extra = ["--metrics", str(run / name)] if name.endswith(".json") else []
+    capsys.readouterr()
+    assert main(["publish", str(run), "--repo_id", "org/badrun", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("zoo: error:") and message in err, err
+    assert ("model", "org/badrun") not in server.repos, "nothing is uploaded"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ([1], "must be a JSON object of name -> entry"),
+    ({"x": [1]}, "entry 'x' must be a JSON object"),
+    ({"x": {"method": "SSCD"}}, "entry 'x' has no 'repo_id'"),
+    ({"x": {"method": "SSCD", "repo_id": "a/b", "sha256": []}}, "'sha256' has the wrong type"),
+    ({"x": {"method": "SSCD", "repo_id": "a/b", "sha256": {"f": "nothex"}}}, "must be 64 hexadecimal digits"),
+    ({"x": {"method": "SSCD", "repo_id": "a/b", "filename": "../../../escape.pt"}}, "without '..'"),
+    ({"x": {"method": "SSCD", "repo_id": "a/b", "filename": "/etc/passwd"}}, "without '..'"),
+    ({"../x": {"method": "SSCD", "repo_id": "a/b"}}, "no path separators"),
+    ({"x": {"method": "SSCD", "repo_id": "a/b", "weights": 1}}, "unknown field 'weights'"),
+])
+def test_a_bad_pretrained_list_is_one_line(content, message, monkeypatch, tmp_path, capsys):
+    known = tmp_path / "pretrained.json"
+    known.write_text(json.dumps(content))
+    monkeypatch.setenv(hub.REGISTRY_ENV, str(known))
+    assert main(["list", "--pretrained"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(known) in err and message in err, err
