@@ -134,3 +134,47 @@ def pil_jpeg(array: np.ndarray, quality: int) -> np.ndarray:
     out = io.BytesIO()
     Image.fromarray(array).save(out, format="jpeg", quality=quality)
     return np.array(Image.open(out))
+
+
+def test_saved_model_row_the_resnet50_config_exports_the_epoch_early_stopping_judged_best(tmp_path) -> None:
+    """CNN and CLIP-MLP tables, row "saved model": fit ``configs/cnn_detector/resnet50.yaml`` itself (made tiny:
+    the tiny variant's encoder on the mini set, a few epochs, on the CPU); the export is the best epoch's."""
+    from conftest import ROOT
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from safetensors.torch import load_file
+
+    from zoo.cli import ZooCLI
+
+    cli = ZooCLI(["--config", str(ROOT / "configs/cnn_detector/resnet50.yaml"),
+                  # the tiny variant's encoder, no augmentation, a few short epochs on the CPU
+                  "--model.init_args.encoder=timm:test_resnet", "--model.init_args.pretrained=false",
+                  "--model.init_args.image_size=64", "--model.init_args.augment=false",
+                  # the rate rises a thousandfold over the run, so that the last epochs are worse than the best
+                  "--model.init_args.min_lr_ratio=1000",
+                  "--data", "MiniFakeDetection", "--data.generators=[upsampler]", "--data.test_generators=[smoother]",
+                  "--data.num_workers=0", "--trainer.max_epochs=5", "--trainer.limit_train_batches=3",
+                  "--trainer.limit_val_batches=3", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+                  "--seed_everything=0", f"--trainer.default_root_dir={tmp_path}"],
+                 run=False)
+    stopping = [c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]
+    checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert len(stopping) == 1 and len(checkpoints) == 1  # the config's own, and no other checkpoint callback
+    assert (checkpoints[0].monitor, checkpoints[0].mode) == (stopping[0].monitor, stopping[0].mode) == ("val/loss", "min")
+
+    epochs: list[tuple[float, dict]] = []
+
+    class EveryEpoch(pl.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+                epochs.append((float(trainer.callback_metrics["val/loss"]), state))
+
+    cli.trainer.callbacks.insert(0, EveryEpoch())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    losses = [loss for loss, _ in epochs]
+    best = losses.index(min(losses))
+    assert best != len(losses) - 1, f"the run must end past its best epoch to tell them apart: {losses}"
+    exported = load_file(str(tmp_path / "lightning_logs" / "version_0" / "zoo" / "model.safetensors"))
+    assert exported.keys() <= epochs[best][1].keys()
+    assert all(torch.equal(exported[k], epochs[best][1][k]) for k in exported)
+    assert any(not torch.equal(exported[k], epochs[-1][1][k]) for k in exported)
