@@ -427,3 +427,26 @@ def test_init_from_a_single_token_pretrained_vit(monkeypatch: pytest.MonkeyPatch
     with backbones.no_pretrained_download():
         PDFEmbedding(encoder="deit_tiny_stand_in", pretrained=True, **TINY_VIT)
     assert len(calls) == 1
+
+
+def test_released_sizes_and_constants_are_the_defaults() -> None:
+    """Rows "encoder" (DeiT-B/16 at 224, dist_token (1, 5, 768), 6 + 196 positions, LayerNorm eps 1e-6), "drop path"
+    (0.1), "PDF" (temperature 0.05) and "training" (σ 0.1, k 3, β 0.1, AdamW 5e-5, wd 0.05): the zoo's defaults."""
+    import inspect
+
+    with torch.device("meta"):
+        net = PDFEmbeddingNet()
+    vit = net.vit
+    assert tuple(vit.reg_token.shape) == (1, 5, 768) and tuple(vit.cls_token.shape) == (1, 1, 768)
+    assert tuple(vit.pos_embed.shape) == (1, 6 + 196, 768)
+    assert vit.patch_embed.patch_size == (16, 16) and vit.patch_embed.img_size == (224, 224)
+    assert len(vit.blocks) == 12 and vit.blocks[0].attn.num_heads == 12
+    assert vit.norm.eps == 1e-6 and vit.blocks[0].norm1.eps == 1e-6
+    assert vit.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    defaults = {k: v.default for k, v in inspect.signature(PDFEmbedding).parameters.items()}
+    assert (defaults["img_size"], defaults["temperature"], defaults["drop_path_rate"]) == (224, 0.05, 0.1)
+    assert (defaults["sigma"], defaults["k"], defaults["beta"]) == (0.1, 3.0, 0.1)
+    assert (defaults["lr"], defaults["weight_decay"], defaults["encoder"]) == (5e-5, 0.05, "deit_base_patch16_224.fb_in1k")
+    optimiser = PDFEmbedding.from_variant("tiny", lr=5e-5, weight_decay=0.05).configure_optimizers()
+    assert isinstance(optimiser, torch.optim.AdamW)
+    assert (optimiser.defaults["lr"], optimiser.defaults["weight_decay"]) == (5e-5, 0.05)
