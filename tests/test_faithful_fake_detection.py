@@ -178,3 +178,47 @@ def test_saved_model_row_the_resnet50_config_exports_the_epoch_early_stopping_ju
     assert exported.keys() <= epochs[best][1].keys()
     assert all(torch.equal(exported[k], epochs[best][1][k]) for k in exported)
     assert any(not torch.equal(exported[k], epochs[-1][1][k]) for k in exported)
+
+
+def test_universal_validation_row_fit_validates_on_the_releases_degraded_images() -> None:
+    """UniversalFakeDetect table, row "validation pre-processing": blur sigma 1.5 (p 0.5), PIL JPEG 65 (p 0.5),
+    no flip, while fitting only; each equal to the byte to the release's functions."""
+    from scipy.ndimage import gaussian_filter
+    from zoo_clip_mlp.lightning_model import UniversalFakeDetect
+
+    from zoo.data.mini_datamodules import MiniFakeDetection
+
+    model = UniversalFakeDetect.from_variant("tiny")
+    val = model.val_augmenter
+    assert (val.blur_p, val.blur_sigma, val.jpeg_p, val.jpeg_quality, val.flip_p) == (0.5, (1.5, 1.5), 0.5,
+                                                                                      (65, 65), 0.0)
+    # both applied (p 1): the release's gaussian_blur (scipy, in place per channel), then pil_jpg at 65
+    val.blur_p = val.jpeg_p = 1.0
+    mean, std = val.mean[0], val.std[0]
+    array = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    image = ((torch.from_numpy(array).permute(2, 0, 1) / 255 - mean) / std)[None]
+    got = ((val(image)[0] * std + mean) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    expected = array.copy()
+    for channel in range(3):
+        gaussian_filter(expected[:, :, channel], output=expected[:, :, channel], sigma=1.5)
+    assert np.array_equal(got, pil_jpeg(expected, 65))
+
+    seen: list[torch.Tensor] = []
+    forward = model.net.image_features
+
+    def record(images):
+        if not model.training:
+            seen.append(images.clone())
+        return forward(images)
+
+    model.net.image_features = record
+    data = MiniFakeDetection(batch_size=4)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=data)
+    trainer.validate(model, datamodule=data, verbose=False)
+    clean = next(iter(data.val_dataloader()))["image"]
+    fitting, validating = seen
+    assert torch.equal(validating, clean)  # zoo validate: the clean images
+    assert not torch.allclose(fitting, clean, atol=1e-3)  # fit: blurred and JPEG'd, as the release's val_opt

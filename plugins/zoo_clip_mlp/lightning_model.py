@@ -193,7 +193,8 @@ class UniversalFakeDetect(CLIPMLP):
     Test-time pre-processing is the release's: a centre crop of the encoder's input size (224) with no
     resize, then CLIP's normalisation. Training adds the release's blur and JPEG augmentation and a
     horizontal flip (``augment``), AdamW and a learning rate divided by 10 when validation accuracy
-    stops improving for 5 epochs.
+    stops improving for 5 epochs. While fitting, the validation images get the release's validation
+    degradation (``val_augment``), since that accuracy drives the rate drops and the stop.
 
     Args:
         encoder / pretrained / head / feature_cache / image_size / model_kwargs: as ``CLIPMLP``.
@@ -201,6 +202,9 @@ class UniversalFakeDetect(CLIPMLP):
         weight_decay: AdamW weight decay.
         pos_weight: BCE ``pos_weight``; 1.0 is the release's plain BCE (None: #real/#generated).
         augment: blur (sigma 0-3, p 0.5), JPEG (quality 30-100, p 0.5) and flip during training.
+        val_augment: while fitting, blur (sigma 1.5, p 0.5) and PIL JPEG (quality 65, p 0.5) on the validation
+            images, the release's ``get_val_opt``; ``zoo validate`` and ``zoo test`` see clean images. It
+            excludes ``feature_cache`` (a degraded image has no fixed feature).
     """
 
     paper = "Towards Universal Fake Image Detectors that Generalize Across Generative Models (Ojha et al., CVPR 2023)"
@@ -220,9 +224,13 @@ class UniversalFakeDetect(CLIPMLP):
         weight_decay: float = 0.0,  # release: options/base_options.py --weight_decay 0.0
         pos_weight: float | None = 1.0,  # release: networks/trainer.py, nn.BCEWithLogitsLoss()
         augment: bool = True,  # release: data_augment, blur and JPEG each with p 0.5, and a flip
+        val_augment: bool = True,  # release train.py get_val_opt: blur sigma 1.5 and PIL JPEG 65, each p 0.5
         image_size: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        if val_augment and feature_cache:
+            raise ZooError(f"{type(self).__name__}: val_augment=True and feature_cache={feature_cache!r} exclude "
+                           "each other (degraded validation images have no fixed features); drop one")
         super().__init__(encoder=encoder, pretrained=pretrained, head=head, normalize=False,
                          feature_cache=feature_cache, lr=lr, weight_decay=weight_decay, pos_weight=pos_weight,
                          augment=augment, image_size=image_size, model_kwargs=model_kwargs)
@@ -230,9 +238,19 @@ class UniversalFakeDetect(CLIPMLP):
         self.save_hyperparameters(ignore=["use_text", "normalize", "optimizer", "momentum", "min_lr_ratio"])
         # release: networks/trainer.py, torch.nn.init.normal_(fc.weight, 0.0, opt.init_gain=0.02)
         torch.nn.init.normal_(self.net.head[-1].weight, 0.0, 0.02)
+        # release train.py get_val_opt: the training options with blur_sig [0, 3] -> [1.5], jpg_qual 30..100
+        # -> [int((30 + 100) / 2)] = [65], jpg_method ['pil'], blur and JPEG probabilities kept (0.5), no flip
+        self.val_augmenter = (BlurJpeg(*normalization_of(self.net.encoder.transform), blur_p=0.5,
+                                       blur_sigma=(1.5, 1.5), jpeg_p=0.5, jpeg_quality=(65, 65), flip_p=0.0)
+                              if val_augment else None)
 
     def make_augmenter(self) -> torch.nn.Module:
         return BlurJpeg(*normalization_of(self.net.encoder.transform))
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        if self.val_augmenter is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            batch = {**batch, "image": self.val_augmenter(batch["image"])}
+        return super().validation_step(batch, batch_idx)
 
     def image_transform(self) -> Callable[[Any], Tensor]:
         """The release's test transform (validate.py): CenterCrop(224), no resize, CLIP's normalisation."""

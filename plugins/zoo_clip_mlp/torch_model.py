@@ -95,24 +95,26 @@ class CLIPMLPNet(nn.Module):
 
 
 class BlurJpeg(PixelAugment):
-    """Ojha et al.'s training augmentation (``data/datasets.py``, ``data_augment``), then a horizontal flip.
+    """Ojha et al.'s augmentation (``data/datasets.py``, ``data_augment``), then a horizontal flip.
 
     Each image draws its own: a Gaussian blur (scipy's ``gaussian_filter`` on each 8-bit channel, sigma in
     ``blur_sigma``) with probability ``blur_p``, then JPEG re-compression (libjpeg through PIL, an integer
-    quality in ``jpeg_quality``) with probability ``jpeg_p``, then a horizontal flip with probability 0.5.
+    quality in ``jpeg_quality``) with probability ``jpeg_p``, then a horizontal flip with probability ``flip_p``.
 
     Args:
         mean / std: the encoder's normalisation.
         blur_p / blur_sigma / jpeg_p / jpeg_quality: as ``--blur_prob``, ``--blur_sig``, ``--jpg_prob``,
-            ``--jpg_qual`` of the release (defaults: the release's).
+            ``--jpg_qual`` of the release (defaults: the release's training values).
+        flip_p: the probability of a horizontal flip (release: ``RandomHorizontalFlip()`` in training only).
     """
 
     def __init__(self, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, blur_p: float = 0.5,
                  blur_sigma: tuple[float, float] = (0.0, 3.0), jpeg_p: float = 0.5,
-                 jpeg_quality: tuple[int, int] = (30, 100)) -> None:
+                 jpeg_quality: tuple[int, int] = (30, 100), flip_p: float = 0.5) -> None:
         super().__init__(mean, std)
         self.blur_p, self.blur_sigma = blur_p, blur_sigma
         self.jpeg_p, self.jpeg_quality = jpeg_p, jpeg_quality
+        self.flip_p = flip_p
 
     def augment_uint8(self, image: Tensor) -> Tensor:
         import io
@@ -134,7 +136,7 @@ class BlurJpeg(PixelAugment):
         return torch.from_numpy(array).permute(2, 0, 1)
 
     def augment_float(self, image: Tensor) -> Tensor:
-        return image.flip(-1) if float(torch.rand(())) < 0.5 else image
+        return image.flip(-1) if float(torch.rand(())) < self.flip_p else image
 
 
 def weights_fingerprint(module: nn.Module) -> str:
