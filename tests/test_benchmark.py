@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -187,6 +189,37 @@ def test_suite_errors_name_the_file_and_key(plugins, tmp_path, change, message):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("task", [
+    {"data": "MiniFakeDetection", "methods": ["EdgeEnergy"], "grid": {"model.class_path": ["zoo_marker.Zen"]}},
+    {"data": "MiniFakeDetection", "methods": ["EdgeEnergy"], "grid": {"model": [{"class_path": "zoo_marker.Zen"}]}},
+    {"data": "MiniFakeDetection", "methods": ["EdgeEnergy"], "grid": {"data.class_path": ["zoo_marker.Zen"]}},
+    {"data": "zoo_marker.Zen", "methods": ["EdgeEnergy"]},
+    {"data": {"class_path": "MiniFakeDetection", "init_args": {"x": {"class_path": "zoo_marker.Zen"}}},
+     "methods": ["EdgeEnergy"]},
+    {"data": "MiniFakeDetection", "methods": [{"name": "EdgeEnergy", "init_args": {"scale": {
+        "class_path": "zoo_marker.Zen"}}}]},
+    {"data": "MiniFakeDetection", "methods": ["EdgeEnergy"], "trainer": {"callbacks": [
+        {"class_path": "zoo_marker.Zen"}]}},
+    {"data": "MiniFakeDetection", "methods": ["EdgeEnergy"], "grid": {"trainer.logger": ["zoo_marker.Zen"]}},
+])
+def test_a_suite_names_registered_classes_only(plugins, tmp_path, monkeypatch, task):
+    """Nothing a suite names is imported: its grid, data, init_args and trainer cannot name a class."""
+    (tmp_path / "zoo_marker.py").write_text(
+        f"open({str(tmp_path / 'imported')!r}, 'w').close()\nclass Zen:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    suite = _write_suite(tmp_path / "evil.yaml", {"name": "evil", "tasks": {"fake_detection": task}})
+    with pytest.raises(ZooError, match=f"{re.escape(str(suite))}: key .*(class|registry name|Trainer)"):
+        cmd_benchmark(["--config", str(suite), "--output", str(tmp_path / "report")])
+    assert not (tmp_path / "imported").exists() and not (tmp_path / "report").exists()
+    # a method's own config file may name classes, as a --config file may (its callbacks, here)
+    config = tmp_path / "edge.yaml"
+    config.write_text(yaml.safe_dump({"model": {"class_path": "EdgeEnergy"}, "trainer": {"callbacks": [
+        {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val/auroc"}}]}}))
+    (job,) = parse_suite({"tasks": {"fake_detection": {"data": "MiniFakeDetection", "methods": [
+        {"config": str(config)}]}}}, "ok.yaml").jobs
+    assert job.config["trainer"]["callbacks"][0]["class_path"].endswith("EarlyStopping")
+
+
 def test_mini_suite_lists_every_task_and_runs_every_method(plugins):
     suite = load_suite(ROOT / "benchmarks/mini.yaml")
     assert suite.budget_minutes == 15
@@ -267,7 +300,22 @@ def test_interrupted_benchmark_resumes_without_rerunning_finished_jobs(plugins, 
             files = server.files(f"org/bench-ImageStatsDetector-tiny-MiniFakeDetection-s{row['seed']}")
             assert {"config.json", "model.safetensors", "README.md"} <= set(files)
             assert f"{row['metrics']['auroc']:.4f}" in files["README.md"].decode()
+            probability, logit = row["metrics"]["threshold"], row["metrics"]["threshold_logit"]
+            assert (f"Decision threshold: a probability generated of {probability:.4f} (logit {logit:.4f}"
+                    in files["README.md"].decode())
+            assert "threshold_logit" not in files["README.md"].decode()
         assert not server.unknown
+
+    # a Hub that cannot be reached, named with credentials: the push fails, the run says so and exits non-zero,
+    # and the secret is neither stored nor printed
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://user:s3cret-pw@127.0.0.1:9")
+    assert cmd_benchmark(["--config", str(suite), "--output", str(out), "--publish", "org/bench"]) == 1
+    printed = " ".join(capsys.readouterr().out.split())  # as one line, whatever the console wrapped
+    stored = (out / "results.json").read_text()
+    assert "2 checkpoint(s) not published" in printed and '"publish_error"' in stored
+    assert "s3cret" not in printed + stored
+    assert "s3cret" not in "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()
+                                   and p.suffix in (".json", ".md", ".csv", ".txt"))
 
 
 def test_failed_jobs_are_recorded_and_the_report_is_complete(plugins, tmp_path):
@@ -296,6 +344,9 @@ def test_failed_jobs_are_recorded_and_the_report_is_complete(plugins, tmp_path):
     assert any("needs a missing library" in r["error"] for r in failed)
     bad = next(r for r in failed if r["label"] == "bad")
     assert (out / "jobs" / bad["id"] / "error.txt").read_text().startswith("Traceback")
+    # a refused config is stored as one line, its reason, without the parser's usage
+    assert "\n" not in bad["error"] and len(bad["error"]) < 500 and "usage:" not in bad["error"], bad["error"]
+    assert "expected float, got 'steep'" in bad["error"]
     ok = [r for r in results if r["status"] == "ok"]
     assert len(ok) == 5
     for r in ok:
@@ -304,11 +355,15 @@ def test_failed_jobs_are_recorded_and_the_report_is_complete(plugins, tmp_path):
         if r["task"] == "fake_detection":
             assert predictions[0].split(",")[:2] == ["score", "decision"]
             assert {"auroc", "acc", "threshold"} <= set(r["metrics"]) and r["epochs"] == 0
+            # the threshold is a probability, as zoo predict prints it, with its logit in a column of its own
+            logit, probability = r["metrics"]["threshold_logit"], r["metrics"]["threshold"]
+            assert 0 <= probability <= 1 and probability == pytest.approx(1 / (1 + math.exp(-logit)))
         else:
             assert "true_level" in predictions[0] and 0 <= r["metrics"]["rd"] <= 1
 
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
-    for column in ("task", "method", "variant", "dataset", "seed", "auroc", "acc", "pcc", "rd", "fit_s", "test_s",
+    for column in ("task", "method", "variant", "dataset", "seed", "auroc", "acc", "threshold", "threshold_logit",
+                   "pcc", "rd", "fit_s", "test_s",
                    "peak_rss_mb", "params", "epochs", "steps", "error"):
         assert column in header
     readme = (out / "README.md").read_text()
@@ -429,26 +484,95 @@ def test_shipped_suites_resolve_by_name_from_any_folder(plugins, tmp_path, monke
 
 
 # ------------------------------------------------------------------------------------------ one output folder
-def test_a_second_run_into_one_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
-    from zoo.bench.runner import LOCK_NAME, output_lock
+def test_a_second_run_into_one_folder_is_refused_and_a_killed_runs_lock_is_free(tmp_path, capsys):
+    from zoo.bench.runner import HOLDER_NAME, output_lock
 
     out = tmp_path / "report"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # a run that holds the folder (the lock module alone: it starts in a second, not the whole zoo)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from zoo.bench.runner import output_lock\n"
+        f"with output_lock(Path({str(out)!r})):\n    print('held', flush=True); time.sleep(120)\n")],
+        stdout=subprocess.PIPE, text=True)
     try:
-        out.mkdir()
-        (out / LOCK_NAME).write_text(json.dumps({"pid": holder.pid, "host": __import__("socket").gethostname()}))
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ZooError, match=f"in use by another zoo benchmark \\(pid {holder.pid} on"):
             cmd_benchmark(["--config", "mini", "--output", str(out), "--tasks", "fake_detection"])
-        assert (out / LOCK_NAME).is_file() and not (out / "jobs").exists()
+        assert not (out / "jobs").exists()
     finally:
-        holder.kill()
+        holder.kill()  # SIGKILL: no clean-up runs, its note stays behind
         holder.wait()
-    # the holder has ended: its lock is stale, and the next run takes it over
-    with output_lock(out):
-        assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert json.loads((out / HOLDER_NAME).read_text())["pid"] == holder.pid
+    # the kernel released the killed run's lock: the next run takes the folder, and says from whom
+    from rich.console import Console
+
+    with output_lock(out, Console()):
+        assert json.loads((out / HOLDER_NAME).read_text())["pid"] == os.getpid()
         with pytest.raises(ZooError, match=f"pid {os.getpid()}"), output_lock(out):
             pass
-    assert not (out / LOCK_NAME).exists()
+    assert f"took over {out} from pid {holder.pid}, which has ended" in capsys.readouterr().out.replace("\n", "")
+    assert not (out / HOLDER_NAME).exists()
+
+
+def _race_for_the_lock(out: Path, barrier: Any, results: Any) -> None:
+    from zoo.bench.runner import output_lock
+
+    barrier.wait()
+    try:
+        with output_lock(out):
+            results.put("won")
+            time.sleep(0.3)  # held while the other one tries
+    except ZooError:
+        results.put("refused")
+
+
+def test_two_runs_started_at_once_against_a_stale_lock_exactly_one_wins(tmp_path):
+    """A killed run's lock left behind, then two runs started at the same moment, 40 times: one wins each time."""
+    import multiprocessing
+    import socket
+
+    from zoo.bench.runner import HOLDER_NAME, LOCK_NAME
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    stale = json.dumps({"pid": ended.pid, "host": socket.gethostname(), "started_at": "then"})
+    context = multiprocessing.get_context("fork")  # both start in milliseconds, with the zoo imported
+    outcomes = []
+    for trial in range(40):
+        out = tmp_path / f"report{trial}"
+        out.mkdir()
+        (out / LOCK_NAME).write_text(stale)  # what a killed run leaves
+        (out / HOLDER_NAME).write_text(stale)
+        barrier, results = context.Barrier(2), context.Queue()
+        racers = [context.Process(target=_race_for_the_lock, args=(out, barrier, results)) for _ in range(2)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(60)
+        outcomes.append(sorted(results.get(timeout=10) for _ in racers))
+    assert outcomes == [["refused", "won"]] * 40
+
+
+def test_a_suite_name_cannot_lead_the_report_out_of_reports_and_bad_workers_are_one_line(plugins, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("mine")
+    for name in ("..", ".", ".hidden", "-x"):
+        suite = _write_suite(tmp_path / "s.yaml", {"name": name, "tasks": {"fake_detection": {
+            "data": "MiniFakeDetection", "methods": ["EdgeEnergy"]}}})
+        with pytest.raises(ZooError, match="key 'name' must be a plain name"):
+            cmd_benchmark(["--config", str(suite)])
+    # a report folder that resolves elsewhere (a link under reports/) is refused too, unless named with --output
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "linked").symlink_to(tmp_path / "elsewhere")
+    suite = _write_suite(tmp_path / "linked.yaml", {"name": "linked", "tasks": {"fake_detection": {
+        "data": "MiniFakeDetection", "methods": ["EdgeEnergy"]}}})
+    with pytest.raises(ZooError, match="outside .*reports; give --output"):
+        cmd_benchmark(["--config", str(suite)])
+    assert (tmp_path / "README.md").read_text() == "mine" and not any((tmp_path / "elsewhere").iterdir())
+    for workers in ("-2", "0"):
+        with pytest.raises(ZooError, match=f"^--workers {workers}: give at least 1"):
+            cmd_benchmark(["--config", str(suite), "--workers", workers])
 
 
 def test_an_unwritable_report_folder_is_one_line(tmp_path):
@@ -680,3 +804,14 @@ def test_each_negative_source_gets_its_own_interval(tmp_path):
     readme = (out / "README.md").read_text()
     sibling = next(line for line in readme.splitlines() if line.startswith("| Inv-tiny | sibling"))
     assert f"[{float(summary['sibling/auroc']['ci_low']):.2f}, {float(summary['sibling/auroc']['ci_high']):.2f}]" in sibling
+
+
+def test_a_refused_or_failed_job_stores_one_line_without_credentials():
+    from zoo.bench.runner import _error_text, _reason
+
+    usage = ("usage: zoo [-h] [--config CONFIG]\n" + "  --model.scale SCALE  (type: float)\n" * 100
+             + "zoo: error: Parser key \"model.init_args.scale\": Expected a float, got 'abc'\n")
+    assert _reason(usage) == "Parser key \"model.init_args.scale\": Expected a float, got 'abc'"
+    assert _error_text(RuntimeError("first line\nsecond line")) == "RuntimeError: first line ..."
+    text = _error_text(OSError("cannot reach http://user:s3cret@hub.example/api?token=abc"))
+    assert "s3cret" not in text and "abc" not in text and "http://***@hub.example" in text

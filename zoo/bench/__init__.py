@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, redact
+
+REPORTS = "reports"  # the default report folder is reports/<suite name>
 
 
 def cmd_benchmark(argv: list[str]) -> int:
@@ -52,6 +54,8 @@ def cmd_benchmark(argv: list[str]) -> int:
 
     if args.publish and not re.fullmatch(r"[\w.-]+/[\w.-]+", args.publish):
         raise ZooError(f"--publish {args.publish!r}: expected ORG/PREFIX")
+    if args.workers is not None and args.workers < 1:
+        raise ZooError(f"--workers {args.workers}: give at least 1 (parallel job processes)")
     console = Console()
     if not console.is_terminal:  # a log file: tables are laid out for 120 columns
         console = Console(width=120)
@@ -68,7 +72,10 @@ def cmd_benchmark(argv: list[str]) -> int:
     from zoo.bench.report import write_report
     from zoo.bench.runner import output_lock, run_suite
 
-    output = Path(args.output or Path("reports") / suite.name)
+    output = Path(args.output or Path(REPORTS) / suite.name)
+    if not args.output and not output.resolve().is_relative_to(Path(REPORTS).resolve() / suite.name):
+        raise ZooError(f"{path}: the report folder {output} resolves to {output.resolve()}, outside "
+                       f"{Path(REPORTS).resolve()}; give --output")
     budget = f"budget {suite.budget_minutes:g} min" if suite.budget_minutes else "no time budget"
     with output_lock(output, console):
         console.print(f"[bold]zoo benchmark[/] {suite.name} ({path}): {len(suite.jobs)} jobs, {budget}; "
@@ -82,17 +89,18 @@ def cmd_benchmark(argv: list[str]) -> int:
         total = sum(r.get("wall_s") or 0 for r in results) / 60
         note = (f"The jobs took {total:.1f} min of wall time in all, counted over every run that made this "
                 f"report (this run: {minutes:.1f} min, {cpu:.1f} CPU min in its processes; {budget}).")
-        if args.publish:
-            publish_results(results, output, args.publish, console)
+        unpublished = publish_results(results, output, args.publish, console) if args.publish else 0
         write_report(results, output, suite.name, console=console, note=note, limitations=suite.limitations,
                      notes=suite.notes)
     failed = [r for r in results if r["status"] != "ok"]
     spent = max(total, minutes)
     kept = "" if not suite.budget_minutes else (
         " [green]within budget[/]" if spent <= suite.budget_minutes else " [red]over budget[/]")
+    not_pushed = f"; [red]{unpublished} checkpoint(s) not published[/] (see publish_error)" if unpublished else ""
     console.print(f"{len(results) - len(failed)} of {len(results)} jobs succeeded; jobs {total:.1f} min in all, "
-                  f"this run {minutes:.1f} min, {cpu:.1f} CPU min ({budget}){kept}; report: {output / 'README.md'}")
-    return 1 if failed else 0
+                  f"this run {minutes:.1f} min, {cpu:.1f} CPU min ({budget}){kept}{not_pushed}; "
+                  f"report: {output / 'README.md'}")
+    return 1 if failed or unpublished else 0
 
 
 def print_jobs(suite: Any, console: Any) -> None:
@@ -117,9 +125,14 @@ def _cpu_minutes() -> float:
     return (own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime) / 60
 
 
-def publish_results(results: list[dict[str, Any]], output: Path, target: str, console: Any) -> None:
-    """Push each job's exported checkpoint with its measured metrics; a failed push is reported, not fatal."""
+def publish_results(results: list[dict[str, Any]], output: Path, target: str, console: Any) -> int:
+    """Push each job's exported checkpoint with its measured metrics; the number of pushes that failed.
+
+    A failed push does not stop the others; its error, with any credential in a URL masked, is stored as the
+    job's ``publish_error`` and printed, and the command then exits non-zero.
+    """
     import yaml
+    from rich.markup import escape
 
     from zoo import hub
 
@@ -127,6 +140,7 @@ def publish_results(results: list[dict[str, Any]], output: Path, target: str, co
     if publish is None:
         raise ZooError("--publish needs zoo.hub.publish, which this installation does not have")
     org, prefix = target.split("/", 1)
+    failed = 0
     for result in results:
         if result["status"] != "ok":
             continue
@@ -136,12 +150,17 @@ def publish_results(results: list[dict[str, Any]], output: Path, target: str, co
         try:
             url = publish(
                 job_dir / result["export"], repo_id, dataset=result["setting"],
-                metrics={f"test/{k}": v for k, v in result["metrics"].items()},
+                # the card states the threshold itself, from the weights, as a probability and a logit
+                metrics={f"test/{k}": v for k, v in result["metrics"].items() if k != "threshold_logit"},
                 training_config=yaml.safe_load((job_dir / "job.yaml").read_text()),
             )
-            result["published"] = str(url) if url is not None else repo_id
+            result["published"] = redact(url) if url is not None else repo_id
+            result.pop("publish_error", None)
             console.print(f"published {result['id']} as {repo_id}")
         except Exception as err:  # noqa: BLE001 - one refused push must not lose the others
-            result["publish_error"] = f"{type(err).__name__}: {err}"
-            console.print(f"[red]publishing {result['id']} as {repo_id} failed: {err}")
+            result["publish_error"] = redact(f"{type(err).__name__}: {err}")
+            failed += 1
+            console.print(f"[red]publishing {result['id']} as {repo_id} failed:[/] {escape(result['publish_error'])}",
+                          highlight=False)
+    return failed
 

@@ -31,7 +31,7 @@ from zoo.bench.runner import PREDICTIONS_NAME, TRAIN_PREDICTIONS_NAME
 
 # metrics where a lower value is better; the decision threshold is a setting, not a score
 LOWER_IS_BETTER = {"rd"}
-NOT_RANKED = {"threshold"}
+NOT_RANKED = {"threshold", "threshold_logit"}
 MIN_NEGATIVES_FOR_TPR = 100  # below this, TPR at 1% FPR rests on no negative at all above the threshold
 GLOSSARY = {
     "acc": ("accuracy of the binary decision (threshold calibrated on validation, or the method's own rule)",
@@ -42,7 +42,10 @@ GLOSSARY = {
     "tpr_at_1fpr": ("true-positive rate at a false-positive rate of at most 1% (marked † when the test split has "
                     f"fewer than {MIN_NEGATIVES_FOR_TPR} negatives, where one negative is already more than 1%)",
                     "higher"),
-    "threshold": ("the decision threshold calibrated on validation (a setting, not ranked)", "none"),
+    "threshold": ("the decision threshold calibrated on validation (a setting, not ranked); for fake detection a "
+                  "probability generated, as `zoo predict` prints it", "none"),
+    "threshold_logit": ("fake detection: the same threshold on the method's logit score (a setting, not ranked)",
+                        "none"),
     "pcc": ("Pearson correlation of the predicted and true replication level", "higher"),
     "rd": ("relative deviation: mean |predicted - true| level / 5", "lower"),
     "muap": ("micro average precision of 'level >= 3' ranked by the predicted level, ties ranked "
@@ -71,6 +74,8 @@ def write_report(results: list[dict[str, Any]], output: Path, suite_name: str, c
     ``notes`` (the suite's, by method name or row label) say why a row's interval includes chance.
     """
     output.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        _threshold_as_probability(result)
     metric_names = _metric_names(results)
     columns = [*BASE_COLUMNS, *metric_names, *COST_COLUMNS, "error"]
     with (output / "results.csv").open("w", newline="") as f:
@@ -93,6 +98,16 @@ def write_report(results: list[dict[str, Any]], output: Path, suite_name: str, c
 
 
 # ------------------------------------------------------------------------------------------ rows
+def _threshold_as_probability(result: dict[str, Any]) -> None:
+    """A fake-detection result of an earlier version, which stored its threshold as a logit: the logit moves to
+    ``threshold_logit`` and ``threshold`` becomes its sigmoid (every fake-detection score is a logit, see
+    ``ZooModule.probability``), as the runner now writes them."""
+    metrics = result.get("metrics") or {}
+    if result.get("task") == "fake_detection" and "threshold" in metrics and "threshold_logit" not in metrics:
+        metrics["threshold_logit"] = metrics["threshold"]
+        metrics["threshold"] = 1 / (1 + math.exp(-metrics["threshold"])) if metrics["threshold"] > -700 else 0.0
+
+
 def _metric_names(results: list[dict[str, Any]]) -> list[str]:
     names: list[str] = []
     for r in results:

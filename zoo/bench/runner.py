@@ -41,12 +41,15 @@ import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from zoo.bench.suite import Job, Suite
-from zoo.errors import ZooError
+from zoo.errors import ZooError, redact
 
 RESULT_NAME = "result.json"
 PREDICTIONS_NAME = "predictions.csv"
 TRAIN_PREDICTIONS_NAME = "train_predictions.csv"  # copy detection: what the report fits its level map on
 LOCK_NAME = ".zoo-benchmark.lock"
+HOLDER_NAME = ".zoo-benchmark.holder.json"  # who holds the lock: pid, host, start
+REFUSED_NAME = "config_refused.txt"  # the parser's whole message when a job's config is refused
+ERROR_CHARS = 500  # a stored error is one line, at most this long
 # file names that are not UTF-8 reach the predictions as surrogate escapes; they are written as \\xNN
 TEXT = {"encoding": "utf-8", "errors": "backslashreplace"}
 
@@ -205,58 +208,52 @@ def _job_log(path: Path) -> Iterator[None]:
 def output_lock(output: Path, console: Any = None) -> Iterator[None]:
     """Hold a report folder for one run: a second run into it is refused with the holder's process id.
 
-    A lock whose process is gone (on this machine) is stale: it is taken over with a message.
+    The lock is an OS lock on ``.zoo-benchmark.lock`` (``filelock``: ``flock`` on POSIX), taken atomically and
+    released by the kernel when its process ends, even by SIGKILL: a lock left by a killed run is free, and of
+    two runs started at once exactly one gets it. Who holds it is written beside it, for the message.
 
     Raises:
         ZooError: the folder cannot be written, or another run holds it.
     """
-    lock = output / LOCK_NAME
-    host = socket.gethostname()
+    from filelock import FileLock, Timeout
+
+    holder_file = output / HOLDER_NAME
     try:
         output.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _lock_holder(lock)
-                if holder.get("host") != host or _alive(holder.get("pid")):
-                    raise ZooError(
-                        f"{output} is in use by another zoo benchmark (pid {holder.get('pid', '?')} on "
-                        f"{holder.get('host', '?')}, since {holder.get('started_at', '?')}); wait for it or pass "
-                        f"another --output. If that run is gone, delete {lock}") from None
-                lock.unlink(missing_ok=True)
-                if console is not None:
-                    console.print(f"[yellow]took over a stale lock of {output} (pid {holder.get('pid')} has ended)")
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": host, "started_at": _now()}, f)
-            break
+        lock = FileLock(output / LOCK_NAME, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            holder = _lock_holder(holder_file)
+            raise ZooError(
+                f"{output} is in use by another zoo benchmark (pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')}, since {holder.get('started_at', '?')}); wait for it or pass "
+                "another --output") from None
+        try:
+            previous = _lock_holder(holder_file)
+            if previous and console is not None:  # a run that was killed left its note; its lock went with it
+                console.print(f"[yellow]took over {output} from pid {previous.get('pid', '?')}, which has ended")
+            tmp = holder_file.with_name(holder_file.name + f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": _now()}))
+            os.replace(tmp, holder_file)
+        except BaseException:
+            lock.release()
+            raise
     except OSError as err:
         raise ZooError(f"cannot write the report folder {output}: {err.strerror or err}") from err
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        holder_file.unlink(missing_ok=True)
+        lock.release()
 
 
-def _lock_holder(lock: Path) -> dict[str, Any]:
+def _lock_holder(path: Path) -> dict[str, Any]:
     try:
-        holder = json.loads(lock.read_text())
+        holder = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}  # being written, or damaged: held until a person removes it
+        return {}  # not written yet, or damaged
     return holder if isinstance(holder, dict) else {}
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def run_job(job: Job, job_dir: Path, progress: Any = None, progress_task: Any = None) -> dict[str, Any]:
@@ -274,7 +271,7 @@ def run_job(job: Job, job_dir: Path, progress: Any = None, progress_task: Any = 
     except BaseException as err:  # noqa: BLE001 - a failed job is recorded and the others go on
         if isinstance(err, KeyboardInterrupt):
             raise
-        (job_dir / "error.txt").write_text(traceback.format_exc(), **TEXT)
+        (job_dir / "error.txt").write_text(redact(traceback.format_exc()), **TEXT)
         result.update(status="failed", error=_error_text(err))
     result["wall_s"] = round(time.perf_counter() - start, 3)
     # CPU seconds of this process over the job: on a shared machine, wall time alone says little
@@ -304,8 +301,10 @@ def _execute(job: Job, job_dir: Path, progress: Any, progress_task: Any) -> dict
     try:
         with contextlib.redirect_stderr(stderr):
             cli = ZooCLI(["--config", str(config_path)], run=False, trainer_defaults={"callbacks": callbacks})
-    except SystemExit as err:  # jsonargparse exits on a config it refuses; keep its message
-        raise ZooError(f"{config_path}: the config was refused: {stderr.getvalue().strip()[-2000:]}") from err
+    except SystemExit as err:  # jsonargparse exits on a config it refuses: its usage goes to a file, its reason here
+        refusal = stderr.getvalue().strip()
+        (job_dir / REFUSED_NAME).write_text(redact(refusal) + "\n", **TEXT)
+        raise ZooError(f"{config_path}: the config was refused: {_reason(refusal)} (in full: {REFUSED_NAME})") from err
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     used = _record_splits(data)
     with PeakMemory() as memory:
@@ -329,6 +328,10 @@ def _execute(job: Job, job_dir: Path, progress: Any, progress_task: Any) -> dict
     metrics = {k.split("/", 1)[1]: float(v) for k, v in (out[0] if out else {}).items() if k.startswith("test/")}
     if not metrics:
         raise ZooError(f"{job.id}: the test split gave no metrics")
+    if job.task == "fake_detection" and "threshold" in metrics:
+        # one meaning per word: the threshold is a probability, as `zoo predict` prints it; its logit beside it
+        metrics["threshold_logit"] = metrics["threshold"]
+        metrics["threshold"] = float(tested.probability(torch.tensor(metrics["threshold"])))
     sizes = {split: len(records or []) for split, records in getattr(data, "splits", {}).items()}
     return {
         "metrics": metrics,
@@ -395,8 +398,18 @@ def _result_stub(job: Job) -> dict[str, Any]:
 
 
 def _error_text(err: BaseException) -> str:
+    """One line for ``result.json`` and the console: the error's first line, credentials masked."""
     text = f"{type(err).__name__}: {err}" if not isinstance(err, ZooError) else str(err)
-    return text[:2000]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()] or [type(err).__name__]
+    return redact(lines[0] + (" ..." if len(lines) > 1 else ""))[:ERROR_CHARS]
+
+
+def _reason(refusal: str) -> str:
+    """The reason in an argument parser's refusal (its ``error:`` line), without the usage around it."""
+    lines = [line.strip() for line in refusal.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    reason = (errors or lines or ["no message"])[-1]
+    return reason.split("error:", 1)[-1].strip()
 
 
 def _cpu_seconds() -> float:
@@ -532,9 +545,10 @@ def run_job_subprocess(job: Job, job_dir: Path, device: str | None) -> dict[str,
     result = read_result(job_dir)
     if result is None:  # the child died before writing (killed, out of memory)
         result = _result_stub(job)
-        tail = log.read_text()[-2000:] if log.is_file() else ""
-        result.update(status="failed", error=f"job process exited with code {proc.returncode}: {tail}",
-                      finished_at=_now())
+        lines = log.read_text(**TEXT).strip().splitlines() if log.is_file() else []
+        last = f": {lines[-1].strip()}" if lines else ""
+        result.update(status="failed", error=redact(f"job process exited with code {proc.returncode}{last} "
+                                                    f"(its output: stdout.txt)")[:ERROR_CHARS], finished_at=_now())
         write_result(job_dir, result)
     shutil.move(str(log), str(job_dir / "stdout.txt"))
     return result

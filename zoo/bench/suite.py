@@ -159,14 +159,16 @@ def parse_suite(
     raw = _mapping(raw, where, "the suite")
     _known_keys(raw, SUITE_KEYS, where, "")
     name = raw.get("name") or Path(where).stem
-    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
-        raise ZooError(f"{where}: key 'name' must be a plain name (letters, digits, _ . -), got {name!r}")
+    # the name is the default report folder's (reports/<name>): '..' or '.x' would leave it or hide it
+    if not isinstance(name, str) or not re.fullmatch(r"\w[\w.-]*", name):
+        raise ZooError(f"{where}: key 'name' must be a plain name (a letter, digit or _, then letters, digits, "
+                       f"_ . -), got {name!r}")
     budget = raw.get("budget_minutes")
     if budget is not None and not isinstance(budget, int | float):
         raise ZooError(f"{where}: key 'budget_minutes' must be a number, got {budget!r}")
     suite_seeds = _seeds(raw.get("seeds", [0]), where, "seeds")
     default_variant = raw.get("variant", "tiny")
-    suite_trainer = _mapping(raw.get("trainer", {}), where, "trainer")
+    suite_trainer = _suite_values({"trainer": _mapping(raw.get("trainer", {}), where, "trainer")}, where, "")["trainer"]
     task_specs = _mapping(raw.get("tasks"), where, "tasks")
     if not task_specs:
         raise ZooError(f"{where}: key 'tasks' lists no task")
@@ -187,10 +189,11 @@ def parse_suite(
         spec = _mapping(spec, where, key)
         _known_keys(spec, TASK_KEYS, where, key + ".")
         # without a task-level datamodule, each method brings its own in its config file
-        data = _component(spec["data"], where, f"{key}.data") if "data" in spec else None
+        data = _component(spec["data"], where, f"{key}.data", registered=True) if "data" in spec else None
         grid_points = _grid(spec.get("grid"), where, f"{key}.grid")
         task_seeds = seeds or _seeds(spec.get("seeds", suite_seeds), where, f"{key}.seeds")
-        trainer = {**suite_trainer, **_mapping(spec.get("trainer", {}), where, f"{key}.trainer")}
+        task_trainer = _mapping(spec.get("trainer", {}), where, f"{key}.trainer")
+        trainer = {**suite_trainer, **_suite_values({"trainer": task_trainer}, where, f"{key}.")["trainer"]}
         entries = spec.get("methods", ["all"])
         if not isinstance(entries, list):
             entries = [entries]
@@ -255,6 +258,7 @@ def _method_rows(entry: Any, task: str, default_variant: str, where: str, key: s
     _known_keys(entry, METHOD_KEYS, where, key + ".")
     init_args = _mapping(entry.get("init_args", {}), where, f"{key}.init_args")
     trainer = _mapping(entry.get("trainer", {}), where, f"{key}.trainer")
+    _suite_values({"model": {"init_args": init_args}, "trainer": trainer}, where, f"{key}.")
     config_trainer: dict[str, Any] = {}
     config_data = None
     config_name = None
@@ -339,6 +343,10 @@ def _grid(raw: Any, where: str, key: str) -> list[dict[str, Any]]:
                                f"{', '.join(GRID_ROOTS)} (e.g. data.init_args.generators)")
             if not isinstance(values, list) or not values:
                 raise ZooError(f"{where}: key {gkey}.{dotted} must be a non-empty list of values")
+            for value in values:
+                scratch: dict[str, Any] = {}
+                _set(scratch, dotted, value, where)
+                _suite_values(scratch, where, f"{gkey}.")
         keys = list(grid)
         for combo in itertools.product(*(grid[k] for k in keys)):
             point = dict(zip(keys, combo, strict=True))
@@ -357,8 +365,12 @@ def _set(config: dict[str, Any], dotted: str, value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
-def _component(raw: Any, where: str, key: str) -> dict[str, Any]:
-    """A ``class_path`` + ``init_args`` mapping (a bare string is a class_path)."""
+def _component(raw: Any, where: str, key: str, registered: bool = False) -> dict[str, Any]:
+    """A ``class_path`` + ``init_args`` mapping (a bare string is a class_path).
+
+    ``registered``: the class must be a registered datamodule named by its registry name (what a suite
+    itself may name); a method's config file may name classes, as a ``--config`` file may.
+    """
     if isinstance(raw, str):
         raw = {"class_path": raw}
     raw = _mapping(raw, where, key)
@@ -368,12 +380,55 @@ def _component(raw: Any, where: str, key: str) -> dict[str, Any]:
     if extra:
         raise ZooError(f"{where}: key {key}.{sorted(extra)[0]} is unknown (expected class_path, init_args)")
     name = raw["class_path"]
+    if registered:
+        _suite_values({"data": raw}, where, key.removesuffix("data"))
     if key.endswith("data") and name.isidentifier():
         try:
             registry.datamodules.get(name)  # a typo is a suite error, with did-you-mean
         except ZooError as err:
             raise ZooError(f"{where}: key {key}.class_path: {err}") from err
     return {"class_path": name, "init_args": dict(_mapping(raw.get("init_args", {}), where, f"{key}.init_args"))}
+
+
+# Trainer arguments that take classes (jsonargparse imports what they name): a method's config file may set
+# them, a suite may not
+CLASS_TRAINER_ARGS = ("callbacks", "plugins", "profiler", "logger")
+
+
+def _suite_values(tree: dict[str, Any], where: str, key: str, path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``tree`` (suite values placed at their config path), refused where it names a class to import.
+
+    A suite names registered methods and datamodules only: the only ``class_path`` it may give is the
+    datamodule's, by registry name; methods are listed under ``methods``, and Trainer arguments that take
+    classes belong in a method's config file. Nothing a suite names is imported.
+
+    Raises:
+        ZooError: a ``class_path`` elsewhere or not registered, or a class-taking Trainer argument.
+    """
+    for name, value in tree.items():
+        here = (*path, str(name))
+        dotted = key + ".".join(here)
+        if here[:1] == ("trainer",) and len(here) == 2 and name in CLASS_TRAINER_ARGS and not (
+                name == "logger" and isinstance(value, bool)):
+            raise ZooError(f"{where}: key {dotted}: a suite cannot set Trainer {name} (they name classes); set it "
+                           "in a method's config file")
+        if name == "class_path":
+            if here != ("data", "class_path"):
+                raise ZooError(f"{where}: key {dotted}: a suite names registered methods under 'methods' and a "
+                               f"datamodule under 'data', never a class to import ({value!r})")
+            if not isinstance(value, str) or value not in registry.datamodules.entries:
+                try:
+                    registry.datamodules.get(str(value))
+                except ZooError as err:
+                    raise ZooError(f"{where}: key {dotted}: {err} (a suite names a datamodule by its registry "
+                                   "name)") from err
+        if isinstance(value, dict):
+            _suite_values(value, where, key, here)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    _suite_values(item, where, key, here)
+    return tree
 
 
 def _read_config(value: Any, where: str, key: str) -> tuple[Path, dict[str, Any]]:
