@@ -289,3 +289,55 @@ def test_loss_equals_sscd_released_formula():
     entropy = -(2 - 2 * max_non_match).clamp(min=1e-6).sqrt().log().mean()
     torch.testing.assert_close(info_nce_loss(emb, ids, 0.05), infonce, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(entropy_loss(emb, ids), entropy, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)])
+def test_augmentations_row_colour_jitter_is_torchvisions_in_each_order(order):
+    """SSCD table, row "augmentations": brightness, contrast and saturation as torchvision's ``adjust_*``
+    (sscd/transforms/settings.py ``STRONG_BLUR`` uses ``ColorJitter``), applied in the order given."""
+    from torchvision.transforms.v2 import functional as TF
+    from zoo_copy_baselines.torch_model import color_jitter
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 24, 24)
+    factors = torch.tensor([1.7, 0.4, 1.6]).view(3, 1, 1, 1, 1)
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
+    expected = x
+    for op in order:
+        expected = adjust[op](expected, float(factors[op]))
+    got = color_jitter(x, factors, torch.tensor([order]))
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)  # grey weights 0.299 (PIL) vs 0.2989
+
+
+def test_augmentations_row_jitter_order_is_drawn_per_image(monkeypatch):
+    """SSCD table, row "augmentations": torchvision's ColorJitter permutes its operations on every call."""
+    import zoo_copy_baselines.torch_model as tm
+
+    orders = []
+    real = tm.color_jitter
+    monkeypatch.setattr(tm, "color_jitter", lambda x, factors, order: orders.append(order) or real(x, factors, order))
+    tm.augment(torch.rand(64, 3, 16, 16), torch.zeros(3), torch.ones(3), torch.Generator().manual_seed(0))
+    (order,) = orders
+    assert all(sorted(row.tolist()) == [0, 1, 2] for row in order)
+    assert len({tuple(row.tolist()) for row in order}) == 6  # every order occurs among 64 images
+
+
+def test_augmentations_row_and_recipe_rows_state_the_zoos_values():
+    """SSCD table, rows "augmentations", "pooling", "InfoNCE", "entropy regulariser", "optimiser", "schedule",
+    "score normalisation": the numbers the rows state."""
+    import inspect
+
+    from zoo_copy_baselines.lightning_model import SSCD
+    from zoo_copy_baselines.torch_model import augment
+
+    views = inspect.signature(augment).parameters
+    assert views["crop_scale"].default == (0.08, 1.0)  # RandomResizedCrop's default scale
+    assert (views["jitter"].default, views["jitter_prob"].default) == (0.8, 0.8)
+    assert (views["gray_prob"].default, views["blur_prob"].default, views["flip_prob"].default) == (0.2, 0.5, 0.5)
+    assert views["blur_range"].default == (1.0, 5.0)
+    recipe = inspect.signature(SSCD).parameters
+    assert recipe["gem_p"].default == 3.0 and recipe["dim"].default == 512
+    assert recipe["temperature"].default == 0.05 and recipe["entropy_weight"].default == 30.0
+    assert recipe["base_lr"].default == 0.3 and recipe["momentum"].default == 0.9
+    assert recipe["warmup_fraction"].default == 0.05 and recipe["score_norm_beta"].default == 1.0
+    assert SSCD.variants["resnet50_score_norm"]["score_norm_k"] == 3

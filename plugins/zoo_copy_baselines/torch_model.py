@@ -103,8 +103,11 @@ def augment(images: Tensor, mean: Tensor, std: Tensor, generator: torch.Generato
     """An independent random view of every image of a normalised batch (crop, flip, colour, grey, blur).
 
     The defaults are SSCD's default ``STRONG_BLUR`` setting (``sscd/transforms/settings.py``) without its
-    hue jitter: colour jitter 0.8 with probability 0.8, greyscale 0.2, blur radius 1..5 px at 224 px with
-    probability 0.5. Each image gets its own parameters; the work is batched, so it runs on the accelerator.
+    hue jitter: colour jitter 0.8 with probability 0.8 (brightness, contrast and saturation in a random
+    order, as torchvision's ``ColorJitter``), greyscale 0.2, blur radius 1..5 px at 224 px with probability
+    0.5. Each image gets its own parameters; the work is batched, so it runs on the accelerator. The crop
+    is taken from the pre-processed batch and resampled with ``roi_align``; its box is clamped into the
+    image where torchvision's ``RandomResizedCrop`` draws again (see the plugin README).
     """
     b, _, h, w = images.shape
     device = images.device
@@ -125,19 +128,36 @@ def augment(images: Tensor, mean: Tensor, std: Tensor, generator: torch.Generato
     x = roi_align(x, boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True)
     flip = rand(b) < flip_prob
     x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
-    # colour jitter: brightness, contrast, saturation factors in [1 - jitter, 1 + jitter]
+    # colour jitter: brightness, contrast, saturation factors in [1 - jitter, 1 + jitter], in an order drawn
+    # per image (torchvision's ColorJitter draws torch.randperm of its operations on every call), each
+    # clipped to [0, 1] as torchvision's blend (and PIL's 8-bit ImageEnhance) is
     on = (rand(b) < jitter_prob).view(b, 1, 1, 1)
     factors = (1 - jitter + 2 * jitter * rand(3, b)).view(3, b, 1, 1, 1)
-    jittered = x * factors[0]
-    level = _gray(jittered).mean(dim=(-2, -1), keepdim=True)
-    jittered = (jittered - level) * factors[1] + level
-    jittered = (jittered - _gray(jittered)) * factors[2] + _gray(jittered)
-    x = torch.where(on, jittered.clamp(0, 1), x)
+    order = rand(b, 3).argsort(dim=1)  # a uniform random permutation of the three operations per image
+    jittered = color_jitter(x, factors, order)
+    x = torch.where(on, jittered, x)
     x = torch.where((rand(b) < gray_prob).view(b, 1, 1, 1), _gray(x).expand_as(x), x)
     # blur sigma (PIL's radius) in blur_range pixels at 224 px, scaled to the image size
     sigma = (blur_range[0] + (blur_range[1] - blur_range[0]) * rand(b)) * h / 224
     x = torch.where((rand(b) < blur_prob).view(b, 1, 1, 1), _gaussian_blur(x, sigma), x)
     return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+    """Brightness, contrast and saturation (torchvision's ``adjust_*`` blends) in a per-image order.
+
+    Args:
+        x: (B, 3, H, W) images in [0, 1].
+        factors: (3, B, 1, 1, 1) brightness, contrast and saturation factors.
+        order: (B, 3) a permutation of 0 (brightness), 1 (contrast), 2 (saturation) per image.
+    """
+    b = x.shape[0]
+    for position in range(3):
+        level = _gray(x).mean(dim=(-2, -1), keepdim=True)
+        options = (x * factors[0], (x - level) * factors[1] + level, (x - _gray(x)) * factors[2] + _gray(x))
+        chosen = order[:, position].view(b, 1, 1, 1)
+        x = torch.where(chosen == 0, options[0], torch.where(chosen == 1, options[1], options[2])).clamp(0, 1)
+    return x
 
 
 def _gray(x: Tensor) -> Tensor:
