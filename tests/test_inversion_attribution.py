@@ -260,7 +260,9 @@ def test_ddim_generator_samples_as_diffusers_ddim_pipeline(tmp_path: Path, predi
         reference = DDIMPipeline(unet=unet, scheduler=scheduler)(
             batch_size=2, generator=torch.Generator().manual_seed(0), eta=0.0, num_inference_steps=4,
             output_type="np").images
-    torch.testing.assert_close(ours.clamp(0, 1).permute(0, 2, 3, 1), torch.from_numpy(reference), atol=1e-5, rtol=0)
+    # the model's raw output leaves [0, 1]: the pipeline clamps it, and so must the generator
+    assert float(reference.min()) == 0.0 or float(reference.max()) == 1.0
+    torch.testing.assert_close(ours.permute(0, 2, 3, 1), torch.from_numpy(reference), atol=1e-5, rtol=0)
     # and still differentiable end to end, back to x_T
     z = x_t.clone().requires_grad_(True)
     generator(z).sum().backward()
@@ -309,3 +311,43 @@ def test_bfloat16_precision_applies_on_cuda_only(mini_root: Path, mini_generator
     fp32 = Inverter(mini_generator, iterations=3, restarts=1).invert(real)
     bf16 = Inverter(mini_generator, iterations=3, restarts=1, autocast_dtype=torch.bfloat16).invert(real)
     assert torch.equal(fp32.loss, bf16.loss)
+
+
+def test_search_settings_are_the_released_commands() -> None:
+    """Row "search": Adam, lr 0.1, 1500 iterations, L2 (ZhentingWang/RONAN README.md commands, main.py)."""
+    import inspect
+
+    import yaml
+
+    for cls in (InversionAttribution, Inverter):
+        defaults = {k: v.default for k, v in inspect.signature(cls).parameters.items()}
+        assert (defaults["lr"], defaults["iterations"], defaults["distance"]) == (0.1, 1500, "l2"), cls.__name__
+    for name in ("sd2_base_ddim", "sd15_ddim", "sd15_decoder"):
+        args = yaml.safe_load((ROOT / f"configs/inversion_attribution/{name}.yaml").read_text())["model"]["init_args"]
+        assert (args["lr"], args["iterations"], args["distance"]) == (0.1, 1500, "l2"), name
+
+
+def test_l2_distance_is_the_released_per_image_mse() -> None:
+    """Row "distance": ZhentingWang/RONAN main.py (l. 52, 82): MSELoss(reduction="none") averaged per image."""
+    from zoo_inversion_attribution.torch_model import distance_fn
+
+    torch.manual_seed(0)
+    image0, image = torch.rand(3, 3, 8, 8), torch.rand(3, 3, 8, 8)
+    criterion = torch.nn.MSELoss(reduction="none")
+    released = criterion(image0, image).mean(-1).mean(-1).mean(-1)  # main.py's min_value before its .min()
+    torch.testing.assert_close(distance_fn("l2")(image, image0), released)
+
+
+def test_sd_configs_name_the_released_model_and_steps() -> None:
+    """Rows "model under test (SD)" and "sampler steps": SD-2-base at 50 steps as released; SD 1.5 at 10 (zoo)."""
+    import yaml
+
+    def args(name: str) -> dict:
+        return yaml.safe_load((ROOT / f"configs/inversion_attribution/{name}.yaml").read_text())["model"]["init_args"]
+
+    released = {"generator": "diffusers:stabilityai/stable-diffusion-2-base", "ddim_steps": 50}
+    assert {k: args("sd2_base_ddim")[k] for k in released} == released
+    assert {k: InversionAttribution.variants["sd2-base"][k] for k in released} == released
+    zoo_choice = {"generator": "diffusers:stable-diffusion-v1-5/stable-diffusion-v1-5", "ddim_steps": 10}
+    assert {k: args("sd15_ddim")[k] for k in zoo_choice} == zoo_choice
+    assert {k: InversionAttribution.variants["sd15"][k] for k in zoo_choice} == zoo_choice

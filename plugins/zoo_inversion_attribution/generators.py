@@ -158,7 +158,8 @@ class DDIMGenerator(Generator):
                 x = self._step(x, t)
         if self.vae is not None:
             x = self.vae.decode(x / self.scaling).sample
-        return (x.float() + 1) / 2
+        # clamped to [0, 1] as diffusers' pipelines return their images (DDIMPipeline, the SD pipelines' postprocess)
+        return ((x.float() + 1) / 2).clamp(0, 1)
 
 
 # ------------------------------------------------------------------ the mini generator
