@@ -429,3 +429,77 @@ def test_perf_script_runs_on_the_cpu(tmp_path: Path) -> None:
     assert figures["extract_images_per_s"] > 0 and figures["head_train_s"] > 0
     assert figures["head_features"] == 1000 and figures["head_epochs"] == 2
     assert result["mfu"] > 0 and figures["extract_flops_per_image"] > 1e6  # the tiny CLIP: ~3.9 MFLOP per image
+
+
+def _config(name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "configs" / name).read_text())
+
+
+def _callbacks(config: dict) -> dict[str, dict]:
+    return {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args", {}) for c in config["trainer"]["callbacks"]}
+
+
+def test_clip_mlp_rows_state_the_zoos_values() -> None:
+    """CLIP-MLP table, rows "optimiser", "schedule", "batch, epochs", "early stopping", "saved model", "MLP head",
+    "deep head": the numbers the rows state."""
+    import inspect
+
+    recipe = inspect.signature(CLIPMLP).parameters
+    assert (recipe["lr"].default, recipe["weight_decay"].default, recipe["momentum"].default) == (0.1, 1e-7, 0.0)
+    assert recipe["min_lr_ratio"].default == 1e-3 and recipe["optimizer"].default == "sgd"
+    assert sum(p.numel() for p in make_head("deep", 512).parameters()) == 722_689
+    assert [m.out_features for m in make_head("mlp", 512)] == [512, 512, 1]
+    for name in ("rn50_mlp", "vitb32_mlp", "vitb32_deep", "vitb32_mlp_text"):
+        config = _config(f"clip_mlp/{name}.yaml")
+        assert config["data"]["init_args"]["batch_size"] == 32 and config["trainer"]["max_epochs"] == 30
+        callbacks = _callbacks(config)
+        assert callbacks["EarlyStopping"] == {"monitor": "val/loss", "mode": "min", "patience": 5}
+        assert callbacks["ModelCheckpoint"] == {"monitor": "val/loss", "mode": "min"}
+
+
+def test_universal_rows_state_the_zoos_values() -> None:
+    """UniversalFakeDetect table, rows "head init", "optimiser", "batch, epochs", "lr schedule", "blur", "JPEG",
+    "validation pre-processing", "saved model", "test pre-processing": the numbers the rows state."""
+    model = UniversalFakeDetect.from_variant("tiny")
+    assert model.hparams.lr == 1e-4 and model.hparams.weight_decay == 0.0
+    assert model.net.head[-1].weight.std().item() == pytest.approx(0.02, rel=0.5)  # normal_(0, 0.02) on 1 x d
+    scheduler = model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert (scheduler.patience, scheduler.threshold, scheduler.threshold_mode) == (4, 0.001, "abs")
+    train = model.augmenter
+    assert (train.blur_p, train.blur_sigma, train.jpeg_p, train.jpeg_quality, train.flip_p) == (0.5, (0.0, 3.0), 0.5,
+                                                                                                (30, 100), 0.5)
+    config = _config("clip_mlp/vitl14_linear.yaml")
+    assert config["data"]["init_args"]["batch_size"] == 256 and config["trainer"]["max_epochs"] == 100
+    callbacks = _callbacks(config)
+    assert callbacks["EarlyStopping"] == {"monitor": "val/acc", "mode": "max", "patience": 15, "min_delta": 0.001}
+    assert callbacks["ModelCheckpoint"] == {"monitor": "val/acc", "mode": "max"}
+    from torchvision import transforms
+
+    crop = model.image_transform().transforms[0]
+    assert isinstance(crop, transforms.CenterCrop) and list(crop.size) == [model.net.encoder.image_size] * 2
+
+
+def test_cnn_rows_state_the_zoos_values() -> None:
+    """CNN table, rows "noise", "colour", "ResNet-50", "Swin-T", "Xception", "loss, optimiser, schedule, batch,
+    epochs", "early stopping", "saved model": the numbers and names the rows state."""
+    import inspect
+
+    from zoo_cnn_detector import torch_model as cnn
+
+    assert inspect.signature(cnn.gauss_noise).parameters["var_limit"].default == (10.0, 50.0)
+    assert inspect.signature(cnn.brightness_contrast).parameters["limit"].default == 0.2
+    assert inspect.signature(cnn.fancy_pca).parameters["alpha_std"].default == 0.1
+    jitter = Augment((0.5,) * 3, (0.5,) * 3).pixels.transforms[2].transforms[0].transforms[2]
+    assert jitter.hue == (-20 / 180, 20 / 180) and jitter.saturation == (1 - 30 / 255, 1 + 30 / 255)
+    assert jitter.brightness == (1 - 20 / 255, 1 + 20 / 255)
+    assert {k: v["encoder"] for k, v in CNNDetector.variants.items() if k != "tiny"} == {
+        "resnet50": "timm:resnet50.tv2_in1k", "swin_t": "timm:swin_tiny_patch4_window7_224.ms_in1k",
+        "xception": "timm:legacy_xception.tf_in1k"}
+    for name in ("resnet50", "swin_t", "xception"):
+        config = _config(f"cnn_detector/{name}.yaml")
+        assert config["data"]["init_args"]["batch_size"] == 32 and config["trainer"]["max_epochs"] == 30
+        callbacks = _callbacks(config)
+        assert callbacks["EarlyStopping"] == {"monitor": "val/loss", "mode": "min", "patience": 5}
+        assert callbacks["ModelCheckpoint"] == {"monitor": "val/loss", "mode": "min"}
