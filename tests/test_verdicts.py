@@ -3,6 +3,9 @@ and a Python API that checks its input."""
 
 from __future__ import annotations
 
+import io
+import sys
+
 import pandas as pd
 import pytest
 import torch
@@ -125,3 +128,39 @@ def test_model_call_runs_without_gradients_and_checks_its_input(images):
     assert copies({"generated": g, "real": g.clone(), "id": ["p"]})["exact_copy"].tolist() == [1]
     with pytest.raises(ZooError, match="'real' holds values"):
         copies({"generated": g, "real": g * 255, "id": ["p"]})
+
+
+# ----------------------------------------------------------------- the README's rows come from tools/readme_rows.py
+def _readme_rows_tool():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("readme_rows", Path(__file__).parents[1] / "tools" / "readme_rows.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["readme_rows"] = module  # its dataclass looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_readme_block_shows_its_commands_and_one_row_per_input():
+    tool = _readme_rows_tool()
+    text = tool.README.read_text()
+    for name, block in tool.BLOCKS.items():
+        tool.check_commands(text, name)
+        frame = pd.read_csv(io.StringIO(tool.readme_rows(text, name)))
+        assert len(frame) == block.inputs and frame.columns[-1] == "error", name
+        first = "generated" if name == "copy_detection" else "path"
+        assert frame.columns[0] == first and frame[first].notna().all(), name
+        if name == "copy_detection":
+            assert frame["exact_copy"].tolist() == [1, 0, 0] and frame["level"][0] == 5
+        else:
+            assert frame["error"].notna().tolist() == [False, True, False, False], name
+
+
+def test_the_readme_attribution_rows_are_what_its_command_gives(tmp_path):
+    """End to end for one block: the printed command, run on the same inputs, writes the README's rows."""
+    tool = _readme_rows_tool()
+    tool.write_inputs(tmp_path)
+    block = tool.BLOCKS["attribution"]
+    tool.run(block.predict, tmp_path)
+    assert (tmp_path / block.output).read_text() == tool.readme_rows(tool.README.read_text(), "attribution")
