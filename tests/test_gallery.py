@@ -280,15 +280,17 @@ def test_scale_benchmark_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_gallery_configs_parse(capsys: pytest.CaptureFixture[str]) -> None:
     # configs/gallery/<command>.yaml is a config of `zoo <command>`
-    for command in ("embed", "index", "match"):
-        config = ROOT / "configs" / "gallery" / f"{command}.yaml"
+    for command, name in (("embed", "embed"), ("index", "index"), ("match", "match"), ("embed", "cpu_example")):
+        config = ROOT / "configs" / "gallery" / f"{name}.yaml"
         with pytest.raises(SystemExit) as exit_info:
             _zoo(command, "--config", str(config), "--print_config")
         assert exit_info.value.code == 0, command
         printed = yaml.safe_load(capsys.readouterr().out)
         assert printed["gallery"] == yaml.safe_load(config.read_text())["gallery"]
-        if command == "embed":
+        if name == "embed":
             assert printed["trainer"]["strategy"] == "ddp" and printed["model"] == "PDFEmbedding"
+        if name == "cpu_example":
+            assert printed["trainer"]["accelerator"] == "cpu" and printed["model"].startswith("runs/cpu_desc/")
 
 
 def _tiny_embedded(mini_gallery: dict[str, Path], out: Path) -> Path:
@@ -559,3 +561,24 @@ def test_one_rule_for_image_files_and_every_skip_counted(tmp_path: Path, capsys:
     assert _zoo("embed", "--gallery", str(root), "--output", str(out), "--model", METHOD, "--variant", "tiny",
                 *FAST) == 0
     assert f"0 embedded in this run, {len(expected)} kept from an earlier run" in capsys.readouterr().out
+
+
+def test_cpu_example_finds_its_exact_copies_on_the_pixels(tmp_path: Path) -> None:
+    """The README's CPU gallery (configs/gallery/cpu_example.yaml): scikit-image photographs, offline."""
+    import csv
+
+    from zoo.gallery.example import write_example
+
+    data = write_example(tmp_path / "data")
+    config = yaml.safe_load((ROOT / "configs" / "gallery" / "cpu_example.yaml").read_text())
+    assert config["trainer"]["accelerator"] == "cpu" and config["gallery"].endswith("gallery")
+    out = tmp_path / "g"
+    # the registry method the example fits (its level map fitted or not, the pixels decide an exact copy)
+    assert _zoo("embed", "--gallery", str(data["gallery"]), "--output", str(out), "--model", "DescriptorSimilarity",
+                "--variant", "tiny", "--dtype", "float32", *FAST) == 0
+    assert _zoo("index", "--gallery", str(out)) == 0
+    assert _zoo("match", "--gallery", str(out), "--generated", f"edits={data['generated']}", "--output",
+                str(tmp_path / "m"), *FAST) == 0
+    rows = list(csv.DictReader((tmp_path / "m" / "matches.csv").open()))
+    assert len(rows) == 6
+    assert {r["id"] for r in rows if r["exact_copy"] == "1"} == {"identical_astronaut", "lossless_chelsea"}
