@@ -595,6 +595,19 @@ def _number(value: Any, key: str, where: str = "") -> float:
     return number
 
 
+def read_metrics(path: Path) -> dict[str, float]:
+    """A ``--metrics`` JSON file: an object of metric name -> finite number."""
+    from zoo.module import read_json
+
+    try:
+        metrics = read_json(path)
+    except ZooError as err:
+        raise ZooError(f"--metrics: {err}") from err
+    if not isinstance(metrics, dict):
+        raise ZooError(f"--metrics {path} must hold a JSON object of metric name -> number")
+    return {key: _number(value, key, f"--metrics {path}") for key, value in metrics.items()}
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     """A run's ``config.yaml`` as plain data (safe_load: a ``!!python`` tag is refused, not run)."""
     try:
@@ -754,15 +767,7 @@ def cmd_publish(argv: list[str]) -> int:
         folder, run_dir = _checkpoint_of(Path(args.path), Path(tmp))
         metrics, dataset, config = run_metadata(run_dir) if run_dir is not None else ({}, None, None)
         if args.metrics:
-            from zoo.module import read_json
-
-            try:
-                metrics = read_json(Path(args.metrics))
-            except ZooError as err:
-                raise ZooError(f"--metrics: {err}") from err
-            if not isinstance(metrics, dict):
-                raise ZooError(f"--metrics {args.metrics} must hold a JSON object of metric name -> number")
-            metrics = {key: _number(value, key, f"--metrics {args.metrics}") for key, value in metrics.items()}
+            metrics = read_metrics(Path(args.metrics))
         url = publish(folder, args.repo_id, revision=args.revision, private=args.private, metrics=metrics,
                       dataset=args.dataset or dataset, training_config=config, overwrite=args.overwrite,
                       token=args.token)

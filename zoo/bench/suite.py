@@ -143,7 +143,7 @@ def load_suite(
     path = find_suite(path)
     try:
         raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ZooError(f"{path} is not valid YAML: {err}") from err
     return parse_suite(raw, str(path), methods=methods, tasks=tasks, seeds=seeds)
 
@@ -292,7 +292,7 @@ def _method_rows(entry: Any, task: str, default_variant: str, where: str, key: s
 
 def _row(cls: type, name: str, variant: str | None, init_args: dict[str, Any], trainer: dict[str, Any],
          label: str | None, where: str, key: str, config_name: str | None = None) -> dict[str, Any]:
-    if variant is not None and variant not in cls.variants:
+    if variant is not None and (not isinstance(variant, str) or variant not in cls.variants):
         raise ZooError(f"{where}: key {key}: {name} has no variant {variant!r} (variants: {', '.join(cls.variants)})")
     args = {**(cls.variants[variant] if variant else {}), **init_args}
     # a tiny variant trains with the budget its method declares for the mini suite
