@@ -4,17 +4,23 @@ A pixel-space ``UNet2DModel`` (16x16 RGB) is trained as the "pretrained" model o
 ``pretrain/`` images, then a copy is fine-tuned on the member images of every split, once fully and once
 with a LoRA adapter (peft). The folders are diffusers folders in the zoo cache, built once and reused:
 
-    <ZOO_CACHE>/cgi_dm-mini-v3-seed0/pretrained/{unet,scheduler}    the pretrained model
-    <ZOO_CACHE>/cgi_dm-mini-v3-seed0/full/{unet,scheduler}          the full fine-tune
-    <ZOO_CACHE>/cgi_dm-mini-v3-seed0/lora/{adapter_config.json,adapter_model.safetensors}
+    <ZOO_CACHE>/mini/cgi_dm-mini-v3-seed0/pretrained/{unet,scheduler}    the pretrained model
+    <ZOO_CACHE>/mini/cgi_dm-mini-v3-seed0/full/{unet,scheduler}          the full fine-tune
+    <ZOO_CACHE>/mini/cgi_dm-mini-v3-seed0/lora/{adapter_config.json,adapter_model.safetensors}
 
-Run ``python -m zoo_cgi_dm.finetune`` to build them and print where they are.
+Two named settings of the same build (``SETTINGS``): ``mini``, the default, trains long enough for the
+fine-tunes to remember their members (the mini suite's models); ``test`` trains the same networks on the
+same images a quarter as long, for the test suite. ``$ZOO_CGI_DM_MINI`` picks the setting that ``zoo-mini``
+names (the test suite sets ``test``).
+
+Run ``python -m zoo_cgi_dm.finetune [--setting test]`` to build them and print where they are.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +34,21 @@ from zoo.diffusion import noisy, predict_noise, tiny_scheduler, tiny_unet
 
 VERSION = 3
 IMAGE_SIZE = 16
-# trained long enough (about 2 CPU minutes in all) for the fine-tunes to remember their members: with
-# shorter schedules the membership signal CGI-DM looks for is not there to find
-PRETRAIN = {"steps": 500, "batch_size": 32, "lr": 2e-3}
-FULL = {"steps": 1000, "batch_size": 20, "lr": 1e-3}
-LORA = {"steps": 600, "batch_size": 20, "lr": 5e-3, "rank": 8}
+SETTINGS = {
+    # trained long enough (about 2 CPU minutes in all) for the fine-tunes to remember their members: with
+    # shorter schedules the membership signal CGI-DM looks for is not there to find
+    "mini": {"pretrain": {"steps": 500, "batch_size": 32, "lr": 2e-3},
+             "full": {"steps": 1000, "batch_size": 20, "lr": 1e-3},
+             "lora": {"steps": 600, "batch_size": 20, "lr": 5e-3, "rank": 8},
+             "estimate": "about 2 CPU minutes"},
+    # the same networks for the tests: long enough for the loss sign to show on the test split (the fine-tunes
+    # denoise their members better than the hold-outs); no figure measured on them is a benchmark result
+    "test": {"pretrain": {"steps": 100, "batch_size": 32, "lr": 2e-3},
+             "full": {"steps": 300, "batch_size": 20, "lr": 1e-3},
+             "lora": {"steps": 200, "batch_size": 20, "lr": 5e-3, "rank": 8},
+             "estimate": "about 30 CPU seconds"},
+}
+SETTING_ENV = "ZOO_CGI_DM_MINI"
 # convolutions too: the attention-free tiny UNet has no attention projections to adapt
 LORA_TARGETS = ["conv1", "conv2", "time_emb_proj"]
 
@@ -69,11 +85,12 @@ def member_paths(data_root: Path) -> list[Path]:
     return sorted(data_root.glob("*/member/*.png"))
 
 
-def build(target: Path, seed: int = 0) -> None:
-    """Train and write the three models into ``target``."""
+def build(target: Path, seed: int = 0, setting: str = "mini") -> None:
+    """Train and write the three models of build ``setting`` into ``target``."""
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
     from safetensors.torch import save_file
 
+    steps = SETTINGS[setting]
     data_root = mini.ensure("copyright")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -84,38 +101,67 @@ def build(target: Path, seed: int = 0) -> None:
 
     unet = tiny_unet(conditional=False, in_channels=3, sample_size=IMAGE_SIZE, block_out_channels=(16, 32),
                      attention=False)
-    train_denoiser(unet, pretrain, acp, PRETRAIN["steps"], PRETRAIN["batch_size"], PRETRAIN["lr"], generator)
+    train_denoiser(unet, pretrain, acp, **_schedule(steps["pretrain"]), generator=generator)
     unet.save_pretrained(target / "pretrained" / "unet")
     scheduler.save_pretrained(target / "pretrained" / "scheduler")
 
     full = copy.deepcopy(unet)
-    train_denoiser(full, members, acp, FULL["steps"], FULL["batch_size"], FULL["lr"], generator)
+    train_denoiser(full, members, acp, **_schedule(steps["full"]), generator=generator)
     full.save_pretrained(target / "full" / "unet")
     scheduler.save_pretrained(target / "full" / "scheduler")
 
     lora = copy.deepcopy(unet)
-    config = LoraConfig(r=LORA["rank"], lora_alpha=LORA["rank"], target_modules=LORA_TARGETS, init_lora_weights=True)
+    rank = steps["lora"]["rank"]
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, init_lora_weights=True)
     config.base_model_name_or_path = "zoo-mini"
     lora.requires_grad_(False)
     inject_adapter_in_model(config, lora)
-    train_denoiser(lora, members, acp, LORA["steps"], LORA["batch_size"], LORA["lr"], generator)
+    train_denoiser(lora, members, acp, **_schedule(steps["lora"]), generator=generator)
     (target / "lora").mkdir(parents=True)
     config.save_pretrained(str(target / "lora"))
     state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(lora, save_embedding_layers=False).items()}
     save_file(state, str(target / "lora" / "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
-def ensure_mini_models(seed: int = 0) -> dict[str, Path]:
-    """The folders of the mini models (``pretrained``, ``full``, ``lora``), trained first if absent (atomically)."""
-    root = mini.ensure("cgi_dm-mini", seed=seed, build=build, version=VERSION)
+def _schedule(stage: dict) -> dict:
+    return {key: stage[key] for key in ("steps", "batch_size", "lr")}
+
+
+def _one_thread_build(target: Path, seed: int, setting: str) -> None:
+    # one thread: the networks are too small to gain from more, a busy machine makes more threads spin
+    # (ten times slower on two shared cores), and one thread gives the same weights on every machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build(target, seed, setting)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def ensure_mini_models(seed: int = 0, setting: str | None = None) -> dict[str, Path]:
+    """The folders of the mini models (``pretrained``, ``full``, ``lora``), trained first if absent (atomically).
+
+    Args:
+        seed: seed of the training.
+        setting: a key of ``SETTINGS``; None: ``$ZOO_CGI_DM_MINI``, else ``mini``.
+    """
+    setting = setting or os.environ.get(SETTING_ENV) or "mini"
+    if setting not in SETTINGS:
+        from zoo.errors import ZooError
+
+        raise ZooError(f"{SETTING_ENV}={setting!r}: the settings of the mini models are {', '.join(SETTINGS)}")
+    root = mini.ensure(f"cgi_dm-{setting}", seed=seed, version=VERSION,
+                       build=lambda target, seed: _one_thread_build(target, seed, setting),
+                       estimate=f"CGI-DM's {setting} diffusion models, {SETTINGS[setting]['estimate']}")
     return {name: root / name for name in ("pretrained", "full", "lora")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--setting", choices=list(SETTINGS), default=None)
     args = parser.parse_args()
-    for name, path in ensure_mini_models(args.seed).items():
+    for name, path in ensure_mini_models(args.seed, args.setting).items():
         print(f"{name}: {path}")
 
 

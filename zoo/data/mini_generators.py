@@ -124,7 +124,8 @@ def autoencoder(seed: int = 0) -> MiniAutoencoder:
     """The trained autoencoder, built into the cache on first use."""
     from zoo.data import mini
 
-    return load_autoencoder(mini.ensure(KIND, seed=seed, build=build_autoencoder, version=VERSION))
+    return load_autoencoder(mini.ensure(KIND, seed=seed, build=build_autoencoder, version=VERSION,
+                                        estimate="the fake set's autoencoder, about 15 CPU seconds"))
 
 
 @torch.no_grad()
