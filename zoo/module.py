@@ -424,17 +424,13 @@ def check_init_args(cls: type, init_args: Any, where: str) -> dict[str, Any]:
     may name a class to import: a checkpoint is data, never code.
     """
     import inspect
-    import typing
 
     if not isinstance(init_args, dict):
         raise ZooError(f"{where}: 'init_args' must be a JSON object, got {type(init_args).__name__}")
     params = inspect.signature(cls.__init__).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     allowed = [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # an annotation only a type checker resolves: the constructor checks its own types
-        hints = {}
+    hints = _init_hints(cls)
     for key, value in init_args.items():
         if not accepts_any and key not in allowed:
             raise ZooError(f"{where}: {key!r} is not an argument of {cls.__name__} "
@@ -445,6 +441,21 @@ def check_init_args(cls: type, init_args: Any, where: str) -> dict[str, Any]:
             raise ZooError(f"{where}: init argument {key!r} must be {shown}, got {_json_kind(value)} "
                            f"{json.dumps(value)[:60]}")
     return dict(init_args)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _init_hints(cls: type) -> dict[str, Any]:
+    """The evaluated annotations of ``cls.__init__``: the class's own source, evaluated once per class."""
+    import typing
+
+    if cls not in _HINTS:
+        try:
+            _HINTS[cls] = typing.get_type_hints(cls.__init__)
+        except Exception:  # an annotation only a type checker resolves: the constructor checks its own types
+            _HINTS[cls] = {}
+    return _HINTS[cls]
 
 
 def _matches(value: Any, hint: Any) -> bool:
