@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -87,12 +88,64 @@ def test_entry_must_be_a_zoo_module_named_like_its_class(installed):
         registry.methods.load("Alias")
 
 
-def test_zoo_list_imports_no_heavy_backend():
+def test_zoo_list_imports_no_plugin_module_and_no_backend():
+    """``zoo list`` prints every entry from the plugins' manifests: no plugin, torch or Lightning is imported."""
     code = (
-        "import sys; from zoo.cli import main; main(['list']);"
-        "heavy = [m for m in ('diffusers', 'open_clip') if m in sys.modules];"
-        "print('HEAVY', heavy)"
+        "import json, sys; from zoo.cli import main; main(['list']);"
+        "print('MODULES', json.dumps(sorted(sys.modules)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "MiniCopyDetection" in out
-    assert "HEAVY []" in out
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
+    listed, _, modules = out.rpartition("MODULES ")
+    imported = set(json.loads(modules))
+    entries = [*registry.methods.entries.values(), *registry.datamodules.entries.values()]
+    for entry in entries:
+        assert entry.name in listed
+        assert entry.value.partition(":")[0] not in imported, entry
+    plugins = {entry.value.partition(":")[0].split(".")[0] for entry in entries} - {"zoo"}
+    assert not {m for m in imported if m.split(".")[0] in plugins}
+    assert not {m for m in imported if m.split(".")[0] in ("torch", "lightning", "diffusers", "open_clip", "timm")}
+
+
+def test_every_shipped_manifest_agrees_with_its_classes():
+    """A manifest cannot drift: each built-in entry is listed, and as its class says (python -m zoo.registry)."""
+    for reg in (registry.methods, registry.datamodules):
+        for name, entry in reg.entries.items():
+            if entry.dist != "provenance-zoo":
+                continue
+            manifest = registry._manifest(entry.value.partition(":")[0])
+            assert name in manifest.get(reg.group, {}), f"{name} is in no {registry.MANIFEST}"
+            assert manifest[reg.group][name] == reg.summary(name, reg.load(name)), (
+                f"{registry.MANIFEST} of {name} disagrees with its class: run python -m zoo.registry <package>")
+
+
+def test_an_entry_no_manifest_describes_is_imported_and_a_stale_one_is_not_trusted(installed):
+    package = installed / "listed_pkg"
+    package.mkdir()
+    _fake_distribution(
+        installed, "listed_plugin", {"Listed": "listed_pkg.model:Listed", "Unlisted": "listed_pkg.model:Unlisted"},
+        {"listed_pkg/__init__": "", "listed_pkg/model": """
+            from zoo.module import ZooModule
+            class Listed(ZooModule):
+                \"\"\"Imported: the class's own line.\"\"\"
+                task = "fake_detection"
+            class Unlisted(ZooModule):
+                \"\"\"Not in the manifest.\"\"\"
+                task = "copyright"
+                variants = {"tiny": {}}
+        """},
+    )
+    fields = {"task": "attribution", "display_name": "", "paper": "p", "variants": ["v"], "doc": "From the manifest."}
+    manifest = {"zoo.methods": {"Listed": {"class": "listed_pkg.model:Listed", **fields}}}
+    (package / registry.MANIFEST).write_text(json.dumps(manifest))
+    registry.methods.refresh()
+    assert registry.methods.describe("Listed")["doc"] == "From the manifest."
+    assert "listed_pkg.model" not in sys.modules  # read, not imported
+    unlisted = registry.methods.describe("Unlisted")
+    assert unlisted["doc"] == "Not in the manifest." and unlisted["variants"] == ["tiny"]
+    # a manifest entry that names another class is not trusted
+    manifest["zoo.methods"]["Listed"]["class"] = "listed_pkg.other:Listed"
+    (package / registry.MANIFEST).write_text(json.dumps(manifest))
+    registry.methods.refresh()
+    assert registry.methods.describe("Listed")["doc"] == "Imported: the class's own line."
+    sys.modules.pop("listed_pkg.model", None)
+    sys.modules.pop("listed_pkg", None)

@@ -70,25 +70,30 @@ def cmd_list(argv: list[str]) -> int:
         from zoo import hub
 
         return hub.print_pretrained(console)
-    methods, failed = registry.methods.load_all()
+    # from the plugins' manifests: listing imports no plugin (zoo.registry)
     table = Table(title="methods")
-    for column in ("name", "task", "paper", "variants", "plugin"):
-        table.add_column(column, no_wrap=column != "paper" and column != "description")
-    for name, cls in methods.items():
-        title = getattr(cls, "display_name", "")
-        table.add_row(name + (f"\n({title})" if title else ""), cls.task, cls.paper, ", ".join(cls.variants),
-                      registry.methods.entries[name].dist)
-    for name, err in failed.items():
-        table.add_row(name, "[red]failed", f"[red]{err}", "", registry.methods.entries[name].dist)
+    for column in ("name", "task", "paper", "variants", "description", "plugin"):
+        table.add_column(column, no_wrap=column in ("name", "task", "plugin"))
+    for name, entry in registry.methods.entries.items():
+        try:
+            info = registry.methods.describe(name)
+        except ZooError as err:
+            table.add_row(name, "[red]failed", f"[red]{err}", "", "", entry.dist)
+            continue
+        title = info["display_name"]
+        table.add_row(name + (f"\n({title})" if title else ""), info["task"], info["paper"],
+                      ", ".join(info["variants"]), info["doc"], entry.dist)
     console.print(table)
-    datamodules, dm_failed = registry.datamodules.load_all()
     table = Table(title="datamodules")
     for column in ("name", "task", "description", "plugin"):
-        table.add_column(column, no_wrap=column != "paper" and column != "description")
-    for name, cls in datamodules.items():
-        table.add_row(name, cls.task, cls.description, registry.datamodules.entries[name].dist)
-    for name, err in dm_failed.items():
-        table.add_row(name, "[red]failed", f"[red]{err}", registry.datamodules.entries[name].dist)
+        table.add_column(column, no_wrap=column != "description")
+    for name, entry in registry.datamodules.entries.items():
+        try:
+            info = registry.datamodules.describe(name)
+        except ZooError as err:
+            table.add_row(name, "[red]failed", f"[red]{err}", entry.dist)
+            continue
+        table.add_row(name, info["task"], info["description"], entry.dist)
     console.print(table)
     return 0
 
