@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
+from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,16 +37,17 @@ from zoo.module import (
     read_weights,
     read_weights_only,
 )
-
-EXPORT_DIR = "zoo"
+from zoo.predict import EXPORT_DIR, newest_export
 
 
 class ExportOnFitEnd(Callback):
     """Writes the method as ``<log dir>/zoo`` (config.json + model.safetensors) when fit or validate ends.
 
     When a checkpoint callback monitored a metric (early stopping), the export holds its best
-    checkpoint, not the last epoch.
+    checkpoint, not the last epoch. ``path`` is the folder written (``zoo fit`` prints it last).
     """
+
+    path: Path | None = None
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not isinstance(pl_module, ZooModule):
@@ -58,12 +61,10 @@ class ExportOnFitEnd(Callback):
         if trainer.state.fn == TrainerFn.VALIDATING and isinstance(pl_module, ZooModule):
             self._export(trainer, pl_module)
 
-    @staticmethod
-    def _export(trainer: Trainer, pl_module: ZooModule) -> None:
+    def _export(self, trainer: Trainer, pl_module: ZooModule) -> None:
         # only a run with a logger has a log dir of its own (without one, log_dir is the working directory)
         if trainer.is_global_zero and trainer.logger is not None:
-            path = pl_module.save_pretrained(Path(trainer.log_dir) / EXPORT_DIR)
-            print(f"zoo: exported {type(pl_module).__name__} to {path}", file=sys.stderr)
+            self.path = pl_module.save_pretrained(Path(trainer.log_dir) / EXPORT_DIR)
 
 
 _from_checkpoint: list[ZooModule] = []
@@ -93,10 +94,19 @@ class ZooCLI(LightningCLI):
 
         kwargs.setdefault("trainer_defaults", {"callbacks": [ExportOnFitEnd()]})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(
-            model_class, ZooDataModule, subclass_mode_model=not self._built_from_ckpt, subclass_mode_data=True,
-            args=args, run=run, **kwargs,
-        )
+        # a refused argument or config value raises, and becomes one line naming it, not usage and a report
+        kwargs.setdefault("parser_kwargs", {"exit_on_error": False})
+        try:
+            super().__init__(
+                model_class, ZooDataModule, subclass_mode_model=not self._built_from_ckpt, subclass_mode_data=True,
+                args=args, run=run, **kwargs,
+            )
+        except ArgumentError as err:
+            raise ZooError(parse_error(str(err))) from None
+        if self.subcommand:
+            exported = [cb.path for cb in self.trainer.callbacks if isinstance(cb, ExportOnFitEnd) and cb.path]
+            if exported:  # the last line: the folder to give zoo predict/test/publish
+                print(f"zoo {self.subcommand}: exported {exported[-1]}", file=sys.stderr)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -110,8 +120,14 @@ class ZooCLI(LightningCLI):
 
         # weights come from the zoo checkpoint: do not download pretrained encoders first
         guard = backbones.no_pretrained_download() if self._zoo_ckpt else contextlib.nullcontext()
-        with guard:
-            super().instantiate_classes()
+        try:
+            with guard:
+                super().instantiate_classes()
+        except ValueError as err:  # jsonargparse wraps a constructor's refusal of a union-typed value (--data)
+            cause = _zoo_error_in(err)
+            if cause is None:
+                raise
+            raise cause from None
         if "optimizer" in self._given or "lr_scheduler" in self._given:
             print(f"zoo: --optimizer/--lr_scheduler replace {type(self.model).__name__}'s own recipe "
                   "(configure_optimizers) for this run", file=sys.stderr)
@@ -150,6 +166,18 @@ class ZooCLI(LightningCLI):
         self._load_zoo_checkpoint()
 
 
+def _zoo_error_in(err: BaseException) -> ZooError | None:
+    """The ZooError among the causes of ``err``, or None."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ZooError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _zoo_checkpoint(args: list[str]) -> Path | None:
     """The local folder of ``ckpt_path`` (flag or config) when it is a zoo checkpoint.
 
@@ -163,12 +191,47 @@ def _zoo_checkpoint(args: list[str]) -> Path | None:
             value = str(loaded["ckpt_path"])
     if value is None or Path(value).is_file():
         return None
+    if Path(value).is_dir():  # a checkpoint folder, or a run folder: its newest export
+        return newest_export(Path(value))
     from zoo import hub
 
     if (value.startswith(hub.HUB_PREFIX) or Path(value).is_dir() or value in hub.known_checkpoints()
             or hub.looks_like_repo_id(value)):
         return hub.resolve(value)
     return None
+
+
+def parse_error(message: str) -> str:
+    """jsonargparse's report of a refused value, as one line that names the argument.
+
+    The report nests a ``Parser key "..."`` per level (``data``, then ``batch_size``), names the class it
+    tried, lists what each type of a union expected, and shows the value given; the line keeps those.
+    """
+    keys = re.findall(r'Parser key "([^"]+)":?(.*)', message)
+    if not keys:
+        return message.strip().splitlines()[0] if message.strip() else "the command line was refused"
+    argument = ".".join(key for key, _ in keys)
+    nested = re.search(r"NestedArg\(key='([^']*)', val='(.*)'\)", message)  # --data.batch_size abc
+    if nested and not argument.endswith("." + nested.group(1)):
+        argument += "." + nested.group(1)
+    value = nested.group(2) if nested else next(iter(re.findall(r"(?:Got value|Given value): (.*)", message)), "")
+    boilerplate = ("Parser key", "Does not validate", "Subtypes:", "Errors:", "Given value", "Problem with given",
+                   "Expected a <class", "Got value")
+    lines = [line.strip() for line in message.splitlines()]
+    found = [i for i, line in enumerate(lines) if line and not line.lstrip("- ").startswith(boilerplate)]
+    reason = keys[-1][1].strip() or (lines[found[0]].lstrip("- ") if found else "")
+    detail = lines[found[0] + 1] if found and found[0] + 1 < len(lines) else ""
+    if not keys[-1][1].strip() and detail.startswith("- ") and found[1:2] == [found[0] + 1]:
+        reason += f" ({detail.lstrip('- ')})"  # e.g. why a config file could not be loaded
+    if not reason:
+        expected = [t for t in dict.fromkeys(re.findall(r"Expected a <class '([\w.]+)'>", message)) if t != "NoneType"]
+        reason = f"expected {' or '.join(expected) or 'another value'}"
+        if value and not value.startswith(("{", "[")):
+            reason += f", got {value!r}"
+    tried = re.search(r"Problem with given class_path '([\w.]+)'", message)
+    if tried:
+        reason = f"{tried.group(1).rsplit('.', 1)[-1]}: {reason}"
+    return f"argument --{argument}: {reason}"
 
 
 def option(args: list[str], flag: str) -> str | None:

@@ -147,6 +147,34 @@ class ZooModule(pl.LightningModule):
             raise ZooError(f"cannot write the pictures of {type(self).__name__} to {path}: {err}") from err
         return path
 
+    def artifact_paths(self, names: list[str], suffix: str = ".png") -> list[Path] | None:
+        """A file in ``artifact_dir()`` for each input name, or None where there is no folder.
+
+        The file is named after the input's last three path parts, extension kept (``photo.png`` and
+        ``photo.jpg`` differ), plus a digest of the whole name, so that inputs whose last parts agree do not
+        share a file, and a re-run writes the same files again. A name is data (an absolute path, ``..``):
+        each file is checked to lie in the folder once resolved.
+        """
+        import hashlib
+        import re
+        from pathlib import PurePath
+
+        folder = self.artifact_dir()
+        if folder is None:
+            return None
+        root = folder.resolve()
+        paths = []
+        for name in names:
+            parts = [p for p in PurePath(name).parts if p not in ("..", ".") and not p.endswith(("/", "\\"))]
+            readable = re.sub(r"[^\w.+-]+", "_", "-".join(parts[-3:]), flags=re.ASCII).lstrip(".-")[-80:]
+            digest = hashlib.sha256(name.encode("utf-8", "backslashreplace")).hexdigest()[:8]
+            path = folder / f"{readable or 'image'}-{digest}{suffix}"
+            if path.resolve().parent != root:  # e.g. a link planted in the folder
+                raise ZooError(f"the picture of {name!r} would be written outside {folder} (to {path.resolve()}); "
+                               "not written")
+            paths.append(path)
+        return paths
+
     def predictions(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """``predict_batch`` checked against the task, completed by it; labels not needed.
 

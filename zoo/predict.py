@@ -28,11 +28,12 @@ import functools
 import glob
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
@@ -40,6 +41,7 @@ from torch import Tensor
 from zoo.errors import ZooError
 
 OUTPUT_FORMATS = (".csv", ".jsonl", ".parquet")
+EXPORT_DIR = "zoo"  # the export folder in a run's log folder (``zoo fit``)
 PAIR_COLUMNS = ("generated", "real")
 
 
@@ -435,6 +437,8 @@ def write_predictions(frame: Any, output: str | Path) -> Path:
     if suffix not in OUTPUT_FORMATS:
         raise ZooError(f"--output {output}: the format follows the extension; use one of {', '.join(OUTPUT_FORMATS)}")
     tmp = output.with_name(f".{output.name}.tmp")
+    if "error" in frame.columns:  # one order in every format: the error column last
+        frame = frame[[c for c in frame.columns if c != "error"] + ["error"]]
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".csv":
@@ -459,6 +463,54 @@ def _boolean(text: str) -> bool:
     if text.lower() in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _positive(text: str) -> int:
+    number = _whole(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return number
+
+
+def _count(text: str) -> int:
+    number = _whole(text)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+    return number
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _device(text: str) -> torch.device:
+    """A device this machine has: ``cpu``, ``cuda``, ``cuda:N`` (an existing GPU) or ``mps``."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA GPU that torch can use; use cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has no MPS device; use cpu")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text}: zoo predict runs on cpu, cuda, cuda:N or mps")
+    return device
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose refusals are one ``zoo: error:`` line (a ZooError), not usage and a second line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ZooError(f"{message} (see {self.prog} --help)")
 
 
 def model_overrides(rest: list[str]) -> dict[str, Any]:
@@ -497,7 +549,8 @@ def load_model(ckpt_path: str | None, name: str | None, variant: str | None, ove
                            f"`zoo convert {ckpt_path} <folder>`, then predict with --ckpt_path <folder>")
         from zoo import hub
 
-        return load_folder(hub.resolve(ckpt_path), **overrides)
+        folder = Path(ckpt_path)
+        return load_folder(newest_export(folder) if folder.is_dir() else hub.resolve(ckpt_path), **overrides)
     cls = registry.methods.load(name)
     if variant is not None and variant not in cls.variants:
         raise ZooError(f"{name} has no variant {variant!r}; its variants are {', '.join(cls.variants) or 'none'}")
@@ -505,9 +558,39 @@ def load_model(ckpt_path: str | None, name: str | None, variant: str | None, ove
     return build_method({"name": name, "init_args": init_args}, "the command line", pretrained_download=True).eval()
 
 
+def newest_export(folder: Path) -> Path:
+    """The zoo checkpoint a local folder names: itself, or the newest export of a run folder under it.
+
+    ``zoo fit`` exports to ``<run>/lightning_logs/version_N/zoo``; given ``<run>``, its ``lightning_logs``
+    or a version folder, the export of the highest version number is used, and said on stderr.
+
+    Raises:
+        ZooError: the folder holds no export.
+    """
+    from zoo.module import CONFIG_NAME
+
+    if (folder / CONFIG_NAME).is_file():
+        return folder
+    # the export's folder, up to three levels below: <logger name>/version_N/zoo
+    found = [c.parent for depth in range(3) for c in folder.glob("/".join(["*"] * depth + [EXPORT_DIR, CONFIG_NAME]))]
+    if not found:
+        raise ZooError(f"{folder}: no zoo checkpoint in this folder: looked for {CONFIG_NAME} in it and for "
+                       f"{EXPORT_DIR}/{CONFIG_NAME} up to three levels below (zoo fit writes "
+                       f"lightning_logs/version_N/{EXPORT_DIR})")
+
+    def version(path: Path) -> list[tuple[int, str]]:
+        # version_10 is newer than version_9: numbers compare as numbers, other names as text
+        return [(int(p[len("version_"):]) if re.fullmatch(r"version_\d+", p) else -1, p)
+                for p in path.relative_to(folder).parts]
+
+    newest = max(found, key=version)
+    print(f"zoo: {folder}: using its newest export, {newest} (of {len(found)})", file=sys.stderr)
+    return newest
+
+
 def cmd_predict(argv: list[str]) -> int:
     """Score your own images (--inputs) or pairs (--pairs) with a checkpoint; one row per input."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="zoo predict", allow_abbrev=False,
         description="Score your own images or pairs; writes one row per input, in input order. "
         "Override a method argument with --model.<arg> VALUE (e.g. --model.finetuned path/to/model).")
@@ -527,9 +610,10 @@ def cmd_predict(argv: list[str]) -> int:
     parser.add_argument("--captions", help="a CSV with the columns file,caption, for methods that read captions")
     parser.add_argument("--artifacts", help="folder for the pictures a method writes (copyright); "
                         "default: <output>_artifacts beside the output")
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--num_workers", type=int, default=0, help="image-decoding worker processes")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--batch_size", type=_positive, default=8)
+    parser.add_argument("--num_workers", type=_count, default=0, help="image-decoding worker processes")
+    parser.add_argument("--device", type=_device, default=None,
+                        help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     parser.add_argument("--skip_bad_images", type=_boolean, default=True,
                         help="true (default): an unreadable input gets a row with an error; false: stop the run")
     args, rest = parser.parse_known_args(argv)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -210,28 +209,24 @@ class CGIDM(ZooModule):
         both = {k: torch.nan_to_num(v, nan=-1.0, posinf=-1.0, neginf=-1.0) for k, v in both.items()}
         pred: dict[str, Any] = {"score": both[self.score], "encoder_score": both["encoder"],
                                 "pixel_score": both["pixel"]}
-        written = self._write_artifacts(images, result, sources, names)
+        written = self._write_artifacts(images, result, names)
         if written:
             pred["artifact"] = written
         return pred
 
-    def _write_artifacts(self, images: Tensor, result: Any, sources: list[str], names: list[str]) -> list[str]:
+    def _write_artifacts(self, images: Tensor, result: Any, names: list[str]) -> list[str]:
         """One picture per image (original | masked | recovered); their paths, or none without a folder."""
-        folder = self.artifact_dir() if self.save_artifacts else None
-        if folder is None:
+        paths = self.artifact_paths(names) if self.save_artifacts else None
+        if paths is None:
             return []
         from torchvision.utils import save_image
 
-        written = []
-        for i, name in enumerate(names):
+        for i, path in enumerate(paths):
             panels = torch.stack([images[i].float().clamp(0, 1), result.masked_images[i], result.recovered_images[i]])
             if panels.shape[-1] < ARTIFACT_SIZE:  # tiny images blown up so that they can be seen
                 panels = torch.nn.functional.interpolate(panels, scale_factor=ARTIFACT_SIZE // panels.shape[-1])
-            # split, source and file name: ids of different splits may share a file name
-            stem = "-".join(Path(name).with_suffix("").parts[-3:]) or sources[i] or f"image-{i}"
-            save_image(panels.cpu(), folder / f"{stem}.png", nrow=3, padding=1)
-            written.append(str(folder / f"{stem}.png"))
-        return written
+            save_image(panels.cpu(), path, nrow=3, padding=1)
+        return [str(p) for p in paths]
 
     # ----------------------------------------------------------------- threshold without a validate run
     def on_validation_epoch_end(self) -> None:

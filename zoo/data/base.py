@@ -120,6 +120,10 @@ class ZooDataModule(pl.LightningDataModule):
         max_samples: int | None = None,
     ) -> None:
         super().__init__()
+        for name, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                                   ("image_size", image_size, 1), ("max_pixels", max_pixels, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ZooError(f"{type(self).__name__}: {name}={value!r}: expected a whole number of at least {least}")
         if max_samples is not None and max_samples < 1:
             raise ZooError(f"max_samples={max_samples}: keep at least one sample of each split, or None for all")
         if perturb not in PERTURBATIONS:

@@ -117,6 +117,9 @@ class _CopyDetectionData(ZooDataModule):
 
     def __init__(self, val_fraction: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if not 0 <= val_fraction < 1:  # 0: no validation pairs; 1 would leave no training pairs
+            raise ZooError(f"{type(self).__name__}: val_fraction={val_fraction!r}: the held-out share of train lies in "
+                           "[0, 1)")
         self.val_fraction = val_fraction
 
     def read(self, split: str) -> list[PairRecord] | None:
@@ -170,6 +173,8 @@ class PairFolder(_CopyDetectionData):
     def __init__(self, root: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
+        if not self.root.is_dir():
+            raise ZooError(f"{type(self).__name__}: root={root}: not a folder")
 
     def read(self, split: str) -> list[PairRecord] | None:
         folder = self.root / split
