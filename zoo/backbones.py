@@ -87,6 +87,19 @@ def checkpoint_path(value: str, what: str) -> str:
     return str(path)
 
 
+def _weights_file(tag: str, spec: str) -> str:
+    """An open_clip tag it does not know, which it opens as a file when one exists at that path."""
+    if _CHECKPOINT.get() is None:
+        return tag
+    inside = checkpoint_path(tag, f"encoder {spec!r}: weights file")  # refuses a path that leaves the folder
+    if Path(inside).is_file():
+        return inside
+    if Path(tag).is_file():  # a file relative to the working folder, not the checkpoint's
+        raise ZooError(f"encoder {spec!r}: weights file {tag!r} is outside the checkpoint folder: a path read from "
+                       "a checkpoint must lie inside the checkpoint's own folder")
+    return tag  # neither a tag nor a file: open_clip says so
+
+
 def check_model_kwargs(library: str, model_kwargs: Any, spec: str) -> dict[str, Any]:
     """``model_kwargs`` if every key is one the zoo vouches for (``MODEL_KWARGS``) and every value plain data."""
     if model_kwargs is None:
@@ -175,7 +188,7 @@ class Encoder(nn.Module):
             name = "local-dir:" + checkpoint_path(name.removeprefix("local-dir:"), f"encoder {self.spec!r}:")
         tag = self.tag
         if tag is not None and not open_clip.get_pretrained_cfg(name, tag):  # not a tag: open_clip reads a file
-            tag = checkpoint_path(tag, f"encoder {self.spec!r}: weights file")
+            tag = _weights_file(tag, self.spec)
         tag = tag if want_pretrained(pretrained) else None
         if pretrained and self.tag is None:
             raise ZooError(f"open_clip encoder {self.spec!r} has no pretrained tag; write '{self.spec}@<tag>'")
