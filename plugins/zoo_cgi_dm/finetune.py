@@ -60,13 +60,21 @@ def load_images(paths: list[Path], size: int = IMAGE_SIZE) -> Tensor:
 
 
 def train_denoiser(unet: nn.Module, images: Tensor, alphas_cumprod: Tensor, steps: int, batch_size: int, lr: float,
-                   generator: torch.Generator) -> list[float]:
-    """Plain DDPM training (noise-prediction MSE, uniform timesteps) of ``unet``'s trainable parameters."""
+                   generator: torch.Generator, label: str = "training") -> list[float]:
+    """Plain DDPM training (noise-prediction MSE, uniform timesteps) of ``unet``'s trainable parameters.
+
+    A progress bar named ``label`` is shown on stderr when it is a terminal.
+    """
+    from rich.console import Console
+    from rich.progress import track
+
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     unet.train()
     losses = []
-    for _ in range(steps):
+    console = Console(stderr=True)
+    for _ in track(range(steps), description=label, console=console, transient=True,
+                   disable=not console.is_terminal):
         idx = torch.randint(0, images.shape[0], (min(batch_size, images.shape[0]),), generator=generator)
         x0 = images[idx]
         t = torch.randint(0, alphas_cumprod.shape[0], (x0.shape[0],), generator=generator)
@@ -101,12 +109,12 @@ def build(target: Path, seed: int = 0, setting: str = "mini") -> None:
 
     unet = tiny_unet(conditional=False, in_channels=3, sample_size=IMAGE_SIZE, block_out_channels=(16, 32),
                      attention=False)
-    train_denoiser(unet, pretrain, acp, **_schedule(steps["pretrain"]), generator=generator)
+    train_denoiser(unet, pretrain, acp, **_schedule(steps["pretrain"]), generator=generator, label="pretrain")
     unet.save_pretrained(target / "pretrained" / "unet")
     scheduler.save_pretrained(target / "pretrained" / "scheduler")
 
     full = copy.deepcopy(unet)
-    train_denoiser(full, members, acp, **_schedule(steps["full"]), generator=generator)
+    train_denoiser(full, members, acp, **_schedule(steps["full"]), generator=generator, label="full fine-tune")
     full.save_pretrained(target / "full" / "unet")
     scheduler.save_pretrained(target / "full" / "scheduler")
 
@@ -116,7 +124,7 @@ def build(target: Path, seed: int = 0, setting: str = "mini") -> None:
     config.base_model_name_or_path = "zoo-mini"
     lora.requires_grad_(False)
     inject_adapter_in_model(config, lora)
-    train_denoiser(lora, members, acp, **_schedule(steps["lora"]), generator=generator)
+    train_denoiser(lora, members, acp, **_schedule(steps["lora"]), generator=generator, label="LoRA fine-tune")
     (target / "lora").mkdir(parents=True)
     config.save_pretrained(str(target / "lora"))
     state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(lora, save_embedding_layers=False).items()}
