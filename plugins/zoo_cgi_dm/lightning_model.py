@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from zoo.module import ZooModule
+from zoo.module import ZooModule, seeded
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SCORE_RULES = ("pair", "max")
@@ -35,6 +35,8 @@ class CGIDM(ZooModule):
         encoder_kwargs: extra ``zoo.backbones.Encoder`` constructor arguments (tiny variants).
         encoder_blocks: 1 scores with the encoder's output; 4 concatenates the class tokens of a timm ViT's
             last 4 blocks (the released DINO scoring, 1536-d for ViT-S/16).
+        encoder_resize: the shorter side is resized to this before the encoder's centre crop; None keeps the
+            encoder's own (the released DINO scoring: 256 before its crop 224, where timm's DINO has 248).
         score_rule: ``pair`` (similarity to the own recovered image) or ``max`` (paper's set rule: maximum
             similarity over all recovered images of the same set, i.e. same ``source``, in the batch).
         score: ``encoder`` (paper: the scoring encoder's similarity, see ``score_rule``) or ``pixel`` (minus
@@ -79,6 +81,7 @@ class CGIDM(ZooModule):
         encoder_pretrained: bool = True,
         encoder_kwargs: dict[str, Any] | None = None,
         encoder_blocks: int = 1,  # released code: CLIP's output; DINO: class tokens of the last 4 blocks
+        encoder_resize: int | None = None,  # released code: CLIP's own; DINO: Resize(256) (dino_distance.py)
         score_rule: str = "pair",
         score: str = "encoder",
         radius: float = 70.0,  # released code: L2 radius 70
@@ -111,7 +114,8 @@ class CGIDM(ZooModule):
         self._build_inverter(pretrained, finetuned, finetune_type, dict(
             radius=radius, step_size=step_size, steps=steps, clip=clip, shared_noise=shared_noise,
             timesteps_per_step=timesteps_per_step))
-        self.scorer = self._build_scorer(encoder, encoder_pretrained, encoder_kwargs, encoder_blocks)
+        with seeded(seed):  # a random-init scoring encoder is the same model on every run of the same seed
+            self.scorer = self._build_scorer(encoder, encoder_pretrained, encoder_kwargs, encoder_blocks, encoder_resize)
         self.image_size = image_size or self._native_size
         self.register_buffer("calibrated", torch.tensor(False))
         self._contexts: dict[tuple[str, str], Tensor | None] = {}
@@ -134,11 +138,12 @@ class CGIDM(ZooModule):
             prediction_type=pre.scheduler.config.prediction_type, **pgd)]
 
     @staticmethod
-    def _build_scorer(spec: str, pretrained: bool, kwargs: dict[str, Any] | None, blocks: int) -> torch.nn.Module:
+    def _build_scorer(spec: str, pretrained: bool, kwargs: dict[str, Any] | None, blocks: int,
+                      resize: int | None = None) -> torch.nn.Module:
         from zoo.backbones import Encoder, freeze
         from zoo_cgi_dm.torch_model import SimilarityScorer
 
-        return SimilarityScorer(freeze(Encoder(spec, pretrained=pretrained, model_kwargs=kwargs)), blocks)
+        return SimilarityScorer(freeze(Encoder(spec, pretrained=pretrained, model_kwargs=kwargs)), blocks, resize)
 
     @property
     def inverter(self) -> torch.nn.Module:
