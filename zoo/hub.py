@@ -556,7 +556,13 @@ def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = N
     if metrics:
         lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {key} | {value:.4f} |" for key, value in sorted(metrics.items())] + [""]
-    if threshold is not None:
+    if threshold is not None and task == "fake_detection":  # its score is a logit: shown as zoo predict shows it
+        import torch
+
+        probability = float(torch.sigmoid(torch.tensor(float(threshold))))
+        lines += [f"Decision threshold: a probability generated of {probability:.4f} (logit {threshold:.4f}; a "
+                  "setting stored with the weights, calibrated on validation data; not a metric).", ""]
+    elif threshold is not None:
         lines += [f"Decision threshold on the score: {threshold:.4f} (a setting stored with the weights, "
                   f"calibrated on validation data when the method calibrates one; not a metric).", ""]
     lines += ["## Data", "", _data_text(dataset, hub_dataset)]
