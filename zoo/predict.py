@@ -254,8 +254,11 @@ def read_captions(csv_path: str | Path) -> dict[str, str]:
     for column in ("file", "caption"):
         if column not in frame.columns:
             raise ZooError(f"{csv_path}: missing column {column!r}; a captions file has the columns file,caption")
-    return {_printable((csv_path.parent / f).resolve()): c for f, c in zip(frame["file"], frame["caption"],
-                                                                          strict=True)}
+    try:
+        return {_printable((csv_path.parent / f).resolve()): c for f, c in zip(frame["file"], frame["caption"],
+                                                                              strict=True)}
+    except ValueError as err:  # a file name with a NUL byte
+        raise ZooError(f"{csv_path}: a file name is not a path ({err})") from err
 
 
 # ------------------------------------------------------------------------------------------ scoring
