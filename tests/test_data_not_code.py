@@ -365,3 +365,75 @@ def test_zoo_convert_bad_input_is_one_line(case, tiny, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1, err
     if case == "output_is_a_file":
         assert output.read_text() == "keep me"
+
+
+# ---------------------------------------------------------------- plugins: what a checkpoint may name
+def _method_checkpoint(model, tmp_path, **init_args):
+    """``model`` saved, with ``init_args`` written over its config.json (what a crafted checkpoint holds)."""
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    config["init_args"].update(init_args)
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    return folder
+
+
+def _load_both_roads(folder, tmp_path, capsys, message):
+    """The crafted checkpoint is refused by ``from_pretrained`` and by ``zoo predict --ckpt_path``."""
+    with pytest.raises(ZooError, match=message):
+        ZooModule.from_pretrained(folder)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    assert main(["predict", "--ckpt_path", str(folder), "--inputs", str(image), "--output", str(tmp_path / "p.csv")]) == 2
+    assert_one_error_line(capsys.readouterr().err, message)
+
+
+@pytest.fixture(scope="module")
+def inversion():
+    from zoo_inversion_attribution.lightning_model import InversionAttribution
+
+    return InversionAttribution(generator="tiny-decoder", iterations=1, restarts=1)
+
+
+def test_a_checkpoint_may_not_name_a_generator_module(inversion, tmp_path, capsys, monkeypatch):
+    marker = tmp_path / "pwned"
+    (tmp_path / "zoo_payload_generator.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\ndef make():\n    raise SystemExit('the payload ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = _method_checkpoint(inversion, tmp_path, generator="module:zoo_payload_generator:make")
+    _load_both_roads(folder, tmp_path, capsys, "names code to import, which a checkpoint may not")
+    assert not marker.exists()
+    # a Python caller still may
+    from zoo_inversion_attribution.generators import load_generator
+
+    with pytest.raises(SystemExit, match="the payload ran"):
+        load_generator("module:zoo_payload_generator:make")
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("field", ["diffusers:{outside}", "vae-decoder:../outside", "mini-decoder:{outside}",
+                                   "calibration"])
+def test_a_generator_folder_in_a_checkpoint_must_lie_inside_it(field, inversion, tmp_path, capsys):
+    from zoo_inversion_attribution.generators import MiniDecoder, save_mini_decoder
+
+    outside = save_mini_decoder(MiniDecoder(4, 8), tmp_path / "outside")  # a folder each loader would read
+    for i in range(3):
+        Image.new("RGB", (32, 32), (i, 0, 0)).save(outside / f"{i}.png")
+    args = ({"calibration": str(outside), "min_calibration": 3} if field == "calibration"
+            else {"generator": field.format(outside=outside)})
+    folder = _method_checkpoint(inversion, tmp_path, **args)
+    _load_both_roads(folder, tmp_path, capsys, "is outside the checkpoint folder")
+
+
+def test_a_generator_folder_inside_the_checkpoint_and_a_hub_id_stay_allowed(inversion, tmp_path):
+    from zoo_inversion_attribution.generators import MiniDecoder, save_mini_decoder
+
+    from zoo.backbones import checkpoint_source, from_checkpoint
+
+    folder = _method_checkpoint(inversion, tmp_path, generator="mini-decoder:decoder")
+    save_mini_decoder(MiniDecoder(4, 8), folder / "decoder")
+    assert ZooModule.from_pretrained(folder).generator.input_shape == (4,)
+    with from_checkpoint(folder):
+        assert checkpoint_source("stabilityai/stable-diffusion-2-base", "x") == "stabilityai/stable-diffusion-2-base"
+        assert checkpoint_source("decoder", "x") == str(folder / "decoder")
+        with pytest.raises(ZooError, match="is outside the checkpoint folder"):
+            checkpoint_source("../outside", "x")

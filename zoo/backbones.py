@@ -87,6 +87,43 @@ def checkpoint_path(value: str, what: str) -> str:
     return str(path)
 
 
+def checkpoint_folder() -> Path | None:
+    """The folder of the checkpoint being loaded (inside ``from_checkpoint``), else None."""
+    return _CHECKPOINT.get()
+
+
+def checkpoint_source(value: str, what: str) -> str:
+    """``value``, a Hub id or a local folder, as diffusers or transformers may load it.
+
+    Outside ``from_checkpoint`` it is returned unchanged. Inside, a folder must lie in the checkpoint's folder
+    (see ``checkpoint_path``) and is returned resolved; a Hub id stays a Hub id, unless a folder of that name
+    exists in the working folder, which the libraries would open instead of the Hub.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    root = _CHECKPOINT.get()
+    if root is None:
+        return value
+    inside = Path(checkpoint_path(value, what))  # refuses a path that leaves the folder
+    if inside.exists():
+        return str(inside)
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return str(inside)  # a missing folder: the loader says so
+    if Path(value).exists():
+        raise ZooError(f"{what} {value!r} is a folder outside the checkpoint folder {root}: a path read from a "
+                       "checkpoint must lie inside the checkpoint's own folder")
+    return value
+
+
+def timm_name(name: str, spec: str) -> str:
+    """A timm model name as ``timm.create_model`` may take it: a ``local-dir:`` folder via ``checkpoint_path``."""
+    if name.startswith("local-dir:"):
+        return "local-dir:" + checkpoint_path(name.removeprefix("local-dir:"), f"encoder {spec!r}:")
+    return name
+
+
 def _weights_file(tag: str, spec: str) -> str:
     """An open_clip tag it does not know, which it opens as a file when one exists at that path."""
     if _CHECKPOINT.get() is None:
@@ -158,9 +195,7 @@ class Encoder(nn.Module):
         import timm
         from timm.data import create_transform, resolve_model_data_config
 
-        name = self.name if self.tag is None else f"{self.name}.{self.tag}"
-        if name.startswith("local-dir:"):
-            name = "local-dir:" + checkpoint_path(name.removeprefix("local-dir:"), f"encoder {self.spec!r}:")
+        name = timm_name(self.name if self.tag is None else f"{self.name}.{self.tag}", self.spec)
         if image_size is not None and "vit" in self.name:
             kwargs.setdefault("img_size", image_size)
         try:
@@ -290,5 +325,6 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["MODEL_KWARGS", "Encoder", "check_model_kwargs", "checkpoint_path", "count_parameters", "freeze",
-           "from_checkpoint", "no_pretrained_download", "parse_spec", "want_pretrained"]
+__all__ = ["MODEL_KWARGS", "Encoder", "check_model_kwargs", "checkpoint_folder", "checkpoint_path", "checkpoint_source",
+           "count_parameters", "freeze", "from_checkpoint", "no_pretrained_download", "parse_spec", "timm_name",
+           "want_pretrained"]

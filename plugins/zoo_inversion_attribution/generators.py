@@ -257,7 +257,8 @@ SPECS = {
     "mini-decoder:<folder>": "a MiniDecoder saved by save_mini_decoder",
     "diffusers:<Hub id or folder>": "UNet (+ VAE and text encoder when present) sampled by DDIM from x_T",
     "vae-decoder:<Hub id or folder>": "the VAE decoder alone, inverting the latent",
-    "module:<package.module:factory>": "a callable returning an nn.Module noise->image generator, or a Generator",
+    "module:<package.module:factory>": "a callable returning an nn.Module noise->image generator, or a Generator "
+                                       "(not from a checkpoint: only a --config file or Python may name code)",
     "tiny-ddim": "a random-init toy latent diffusion model (UNet + VAE), offline, for tests",
     "tiny-pixel-ddim": "a random-init toy pixel-space UNet, offline, for tests",
     "tiny-decoder": "a random-init toy VAE decoder, offline, for tests",
@@ -277,7 +278,16 @@ def load_generator(spec: str, ddim_steps: int = 50, gradient_checkpointing: bool
         latent_size: latent side of ``vae-decoder:`` generators.
         input_shape / output_range: of a ``module:`` generator.
     """
+    from zoo.backbones import checkpoint_folder, checkpoint_path, checkpoint_source
+
     kind, _, arg = spec.partition(":")
+    if kind == "module" and checkpoint_folder() is not None:
+        raise ZooError(f"generator {spec!r} names code to import, which a checkpoint may not: a checkpoint is data, "
+                       "never code; name a module: generator in a --config file or from Python")
+    if kind in ("vae-decoder", "diffusers") and arg:
+        arg = checkpoint_source(arg, f"generator {spec!r}:")  # a folder read from a checkpoint lies inside it
+    if kind == "mini-decoder":
+        arg = checkpoint_path(arg, f"generator {spec!r}:")
     if kind in ("mini", "mini-other"):
         from zoo_inversion_attribution.data import mini_generator_folder
 

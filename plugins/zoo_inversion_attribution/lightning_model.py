@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zoo import backbones
 from zoo.errors import ZooError
 from zoo.module import ZooModule
 
@@ -110,6 +111,8 @@ class InversionAttribution(ZooModule):
                                  patience=patience, tolerance=tolerance, autocast_dtype=PRECISIONS[precision],
                                  seed=seed)
         self.belonging = BelongingTest(alpha=alpha, test=test, min_size=min_calibration)
+        if calibration not in (None, "mini"):  # read when predicting, after loading: resolved while loading
+            calibration = backbones.checkpoint_path(calibration, "calibration folder")
         self.calibration, self.calibration_size = calibration, calibration_size
         self.complexity_correction = complexity_correction
         self.on_size_mismatch = on_size_mismatch
