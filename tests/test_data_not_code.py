@@ -437,3 +437,42 @@ def test_a_generator_folder_inside_the_checkpoint_and_a_hub_id_stay_allowed(inve
         assert checkpoint_source("decoder", "x") == str(folder / "decoder")
         with pytest.raises(ZooError, match="is outside the checkpoint folder"):
             checkpoint_source("../outside", "x")
+
+
+@pytest.fixture(scope="module")
+def cgidm(tmp_path_factory):
+    """A CGIDM checkpoint whose two models are one tiny pixel-space pipeline in its own ``pipe`` folder."""
+    from zoo_cgi_dm.lightning_model import CGIDM
+
+    from zoo.diffusion import tiny_scheduler, tiny_unet
+
+    torch.manual_seed(0)
+    pipe = tmp_path_factory.mktemp("cgidm") / "pipe"
+    tiny_unet(conditional=False, in_channels=3).save_pretrained(pipe / "unet")
+    tiny_scheduler().save_pretrained(pipe / "scheduler")
+    model = CGIDM(pretrained=str(pipe), finetuned=str(pipe), encoder="open_clip:zoo-tiny-clip",
+                  encoder_pretrained=False, steps=1)
+    return model, pipe
+
+
+@pytest.mark.parametrize("init_args", [{"finetuned": "{outside}"}, {"pretrained": "{outside}"},
+                                       {"finetuned": "../outside", "finetune_type": "lora"}])
+def test_cgidm_model_folders_in_a_checkpoint_must_lie_inside_it(init_args, cgidm, tmp_path, capsys):
+    import shutil
+
+    model, pipe = cgidm
+    outside = shutil.copytree(pipe, tmp_path / "outside")  # a pipeline the loader would read
+    folder = _method_checkpoint(model, tmp_path, **{"pretrained": "pipe", "finetuned": "pipe", **{
+        k: v.format(outside=outside) for k, v in init_args.items()}})
+    shutil.copytree(pipe, folder / "pipe")
+    _load_both_roads(folder, tmp_path, capsys, "is outside the checkpoint folder")
+
+
+def test_cgidm_model_folders_inside_the_checkpoint_load(cgidm, tmp_path):
+    import shutil
+
+    model, pipe = cgidm
+    folder = _method_checkpoint(model, tmp_path, pretrained="pipe", finetuned="pipe")
+    shutil.copytree(pipe, folder / "pipe")
+    loaded = ZooModule.from_pretrained(folder)
+    assert loaded._pre.source == str(folder / "pipe")

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from zoo.backbones import checkpoint_source
 from zoo.diffusion import load_scheduler, load_unet, load_vae
 from zoo.errors import ZooError
 
@@ -54,7 +55,10 @@ class DiffusionModel:
 
 
 def resolve(source: str) -> str:
-    """``zoo-mini[:full|:lora]`` -> the cached folder (trained on first use); anything else unchanged."""
+    """``zoo-mini[:full|:lora]`` -> the cached folder (trained on first use); a Hub id or a folder unchanged.
+
+    A folder read from a checkpoint must lie inside the checkpoint's folder (``backbones.checkpoint_source``).
+    """
     if source == MINI or source.startswith(MINI + ":"):
         from zoo_cgi_dm.finetune import ensure_mini_models
 
@@ -63,7 +67,7 @@ def resolve(source: str) -> str:
         if kind not in folders:
             raise ZooError(f"{source!r}: the mini models are {MINI}, {MINI}:full and {MINI}:lora")
         return str(folders[kind])
-    return source
+    return checkpoint_source(source, "CGI-DM model")
 
 
 def has_component(source: str, name: str) -> bool:
