@@ -476,3 +476,19 @@ def test_cgidm_model_folders_inside_the_checkpoint_load(cgidm, tmp_path):
     shutil.copytree(pipe, folder / "pipe")
     loaded = ZooModule.from_pretrained(folder)
     assert loaded._pre.source == str(folder / "pipe")
+
+
+def test_a_feature_cache_named_by_a_checkpoint_is_not_used(tmp_path, capsys):
+    # the cache is the user's speed-up, not part of the model: a checkpoint may not make the zoo read or write it
+    outside = tmp_path / "outside"
+    torch.manual_seed(0)
+    model = registry.methods.load("CLIPMLP").from_variant("tiny", feature_cache=str(outside))
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((folder / CONFIG_NAME).read_text())["init_args"]["feature_cache"] == str(outside)
+    for name in ("real", "gen"):
+        (tmp_path / "data" / "test" / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32), name == "real" and "red" or "blue").save(tmp_path / "data" / "test" / name / "a.png")
+    assert main(["test", "--ckpt_path", str(folder), "--data", "FakeImageFolders", "--data.root", str(tmp_path / "data"),
+                 "--data.generators", "[gen]", "--trainer.enable_progress_bar", "false",
+                 "--trainer.logger", "false"]) == 0, capsys.readouterr().err
+    assert not outside.exists()

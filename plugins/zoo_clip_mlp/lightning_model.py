@@ -35,7 +35,8 @@ class CLIPMLP(FakeDetector):
         normalize: L2-normalise the image and the text features, each on its own, before the head.
         feature_cache: a directory where the encoder's image features are kept, one safetensors file per
             encoder (spec, pretrained tag, pre-processing and weights), rows keyed by image content, so a
-            second run over the same images skips the encoder. None: no cache.
+            second run over the same images skips the encoder. None: no cache. Not used when the model is
+            loaded from a checkpoint.
         optimizer / lr / momentum / weight_decay / min_lr_ratio / pos_weight: the recipe of ``FakeDetector``.
         augment: the paper's augmentations before the encoder (incompatible with ``feature_cache``: an
             augmented image has no fixed feature).
@@ -80,6 +81,8 @@ class CLIPMLP(FakeDetector):
         self.net = CLIPMLPNet(encoder, head=head, use_text=use_text, pretrained=pretrained, normalize=normalize,
                               image_size=image_size, model_kwargs=model_kwargs)
         self.augmenter = self.make_augmenter() if augment else None
+        # a cache is the user's speed-up, not part of the model: a checkpoint's is neither read nor written
+        self._feature_cache = None if backbones.checkpoint_folder() is not None else feature_cache
         self._cache: FeatureCache | None = None
         self._cached_ids: dict[str, int] = {}
         self._cached_features: Tensor | None = None
@@ -138,10 +141,10 @@ class CLIPMLP(FakeDetector):
         """Encode the images of ``splits`` missing from the cache, save it, and index the split's ids."""
         self._cached_ids, self._cached_features = {}, None
         datamodule = getattr(self.trainer, "datamodule", None)
-        if not self.hparams.feature_cache or not getattr(datamodule, "splits", None):
+        if not self._feature_cache or not getattr(datamodule, "splits", None):
             return
         if self._cache is None:
-            self._cache = FeatureCache(self.hparams.feature_cache, self.cache_key())
+            self._cache = FeatureCache(self._feature_cache, self.cache_key())
         cache, ids, digests = self._cache, [], []
         for split in splits:
             records = datamodule.splits.get(split) or []
