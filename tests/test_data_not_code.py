@@ -492,3 +492,18 @@ def test_a_feature_cache_named_by_a_checkpoint_is_not_used(tmp_path, capsys):
                  "--data.generators", "[gen]", "--trainer.enable_progress_bar", "false",
                  "--trainer.logger", "false"]) == 0, capsys.readouterr().err
     assert not outside.exists()
+
+
+def test_pdf_embedding_builds_its_encoder_by_the_encoder_rules(tmp_path):
+    # from a checkpoint no pretrained weights are fetched; a suite or a caller building inside from_checkpoint
+    # still may not point timm at a folder outside the checkpoint
+    from zoo.backbones import from_checkpoint
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224", "num_classes": 0}))
+    pdf = registry.methods.load("PDFEmbedding")
+    with from_checkpoint(tmp_path / "ckpt"), pytest.raises(ZooError, match="is outside the checkpoint folder"):
+        pdf.from_variant("tiny", pretrained=True, encoder=f"local-dir:{outside}")
+    with pytest.raises(ZooError, match="encoder spec 'timm:' must look like"):
+        pdf.from_variant("tiny", pretrained=True, encoder="")

@@ -170,9 +170,14 @@ def init_from_pretrained_vit(vit: nn.Module, name: str) -> None:
     import timm
     from timm.layers import trunc_normal_
 
+    from zoo import backbones
+
+    # the name may come from a file: the encoder's rules (a string; a local-dir: inside a checkpoint's folder)
+    backbones.parse_spec(f"timm:{name}")
     try:
-        source = timm.create_model(name, pretrained=True, num_classes=vit.num_classes).state_dict()
-    except RuntimeError as err:
+        source = timm.create_model(backbones.timm_name(name, f"timm:{name}"), pretrained=True,
+                                   num_classes=vit.num_classes).state_dict()
+    except (OSError, RuntimeError) as err:  # the Hub client's download and cache errors are OSErrors
         raise ZooError(f"timm cannot build pretrained {name!r}: {err}") from err
     own = vit.state_dict()
     extra = NUM_LEVELS - 1
