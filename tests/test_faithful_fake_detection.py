@@ -151,7 +151,9 @@ def test_saved_model_row_the_resnet50_config_exports_the_epoch_early_stopping_ju
                   "--model.init_args.image_size=64", "--model.init_args.augment=false",
                   # the rate rises a thousandfold over the run, so that the last epochs are worse than the best
                   "--model.init_args.min_lr_ratio=1000",
-                  "--data", "MiniFakeDetection", "--data.generators=[upsampler]", "--data.test_generators=[smoother]",
+                  # root=null: the mini set from its cache, not built into the config's relative data/fake/coco
+                  "--data", "MiniFakeDetection", "--data.root=null", "--data.generators=[upsampler]",
+                  "--data.test_generators=[smoother]",
                   "--data.num_workers=0", "--trainer.max_epochs=5", "--trainer.limit_train_batches=3",
                   "--trainer.limit_val_batches=3", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
                   "--seed_everything=0", f"--trainer.default_root_dir={tmp_path}"],
