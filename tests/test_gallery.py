@@ -582,3 +582,17 @@ def test_cpu_example_finds_its_exact_copies_on_the_pixels(tmp_path: Path) -> Non
     rows = list(csv.DictReader((tmp_path / "m" / "matches.csv").open()))
     assert len(rows) == 6
     assert {r["id"] for r in rows if r["exact_copy"] == "1"} == {"identical_astronaut", "lossless_chelsea"}
+
+
+def test_embedding_a_finished_gallery_again_keeps_it_usable(mini_gallery: dict[str, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "embedded"
+    args = ["embed", "--gallery", str(mini_gallery["gallery"]), "--output", str(out), "--model", METHOD,
+            "--variant", "tiny", "--shard_size", "16", *FAST]
+    assert _zoo(*args) == 0
+    assert _zoo(*args) == 0  # nothing left to embed
+    assert "0 embedded in this run, 60 kept from an earlier run" in capsys.readouterr().out
+    assert json.loads((out / "gallery.json").read_text())["complete"] is True
+    assert _zoo("index", "--gallery", str(out), "--index_type", "flat") == 0
+    assert _zoo("match", "--gallery", str(out), "--generated", f"copier={mini_gallery['copier']}",
+                "--output", str(tmp_path / "m"), *FAST) == 0

@@ -138,14 +138,17 @@ class ShardWriter(BasePredictionWriter):
         trainer.strategy.barrier("zoo-embed-shards")
         total = trainer.strategy.reduce(torch.tensor(float(self.written), device=pl_module.device), reduce_op="sum")
         self.written = int(total)
-        if trainer.is_global_zero:
-            path = self.output / MANIFEST
-            manifest = check_manifest(read_json(path, "the manifest of this run"), path)
-            missing = [k for k, n in enumerate(shard_counts(manifest)) if shard_problem(self.output, k, n)]
-            if missing:
-                raise ZooError(f"zoo embed: shards {missing} of {self.output} are missing after the run")
-            manifest["complete"] = True
-            write_json(path, manifest)
+
+
+def _mark_complete(output: Path) -> None:
+    """Mark the gallery complete once every shard is intact (also when this run had nothing left to embed)."""
+    path = output / MANIFEST
+    manifest = check_manifest(read_json(path, "the manifest of this run"), path)
+    missing = [k for k, n in enumerate(shard_counts(manifest)) if shard_problem(output, k, n)]
+    if missing:
+        raise ZooError(f"zoo embed: shards {missing} of {output} are missing after the run")
+    manifest["complete"] = True
+    write_json(path, manifest)
 
 
 def _check_writable(output: Path) -> None:
@@ -242,6 +245,9 @@ def embed(gallery: str | Path, output: str | Path, method: Any, *, shard_size: i
         except ZooError as err:
             raise _one_line(err) from None
     if pl_trainer.is_global_zero:
+        # here, not in the writer's on_predict_end: Lightning skips the predict loop and its hooks when every
+        # shard was already done, which left the rewritten manifest incomplete
+        _mark_complete(output)
         skipped = catalog.skipped_text("; skipped ")
         print(f"zoo embed: {len(catalog)} images of {printable(str(gallery))} in {output}: {writer.written} embedded "
               f"in this run, {len(catalog) - writer.written} kept from an earlier run{skipped}")
