@@ -815,3 +815,40 @@ def test_a_refused_or_failed_job_stores_one_line_without_credentials():
     assert _error_text(RuntimeError("first line\nsecond line")) == "RuntimeError: first line ..."
     text = _error_text(OSError("cannot reach http://user:s3cret@hub.example/api?token=abc"))
     assert "s3cret" not in text and "abc" not in text and "http://***@hub.example" in text
+
+
+def test_a_config_with_early_stopping_is_benchmarked_at_the_epoch_early_stopping_judged_best(tmp_path):
+    """``configs/cnn_detector/resnet50.yaml`` (made tiny: the tiny variant's encoder on the mini set, a few short
+    epochs) keeps its monitored ModelCheckpoint in a benchmark job: the checkpoint is written into the job folder,
+    and the export that is tested holds the best epoch's weights, as ``zoo fit`` exports them."""
+    import torch
+    from safetensors.torch import load_file
+
+    from zoo.bench.runner import run_job
+    from zoo.module import read_weights_only
+
+    tiny = {"encoder": "timm:test_resnet", "pretrained": False, "image_size": 64, "augment": False,
+            # the rate rises a thousandfold over the run, so that the last epochs are worse than the best
+            "min_lr_ratio": 1000}
+    raw = {"name": "best", "seeds": [0],
+           "trainer": {"accelerator": "cpu", "max_epochs": 5, "limit_train_batches": 3, "limit_val_batches": 3,
+                       "limit_test_batches": 1},
+           "tasks": {"fake_detection": {
+               "data": {"class_path": "MiniFakeDetection",
+                        "init_args": {"generators": ["upsampler"], "test_generators": ["smoother"]}},
+               "methods": [{"config": str(ROOT / "configs/cnn_detector/resnet50.yaml"), "init_args": tiny}]}}}
+    (job,) = parse_suite(raw, "test").jobs
+    assert job.config["trainer"]["enable_checkpointing"] is True
+    result = run_job(job, tmp_path / job.id)
+    assert result["status"] == "ok", result["error"]
+    (checkpoint,) = (tmp_path / job.id).glob("lightning_logs/version_0/checkpoints/*.ckpt")
+    state = read_weights_only(checkpoint)
+    assert state["epoch"] < result["epochs"] - 1, "the run must end past its best epoch to tell them apart"
+    exported = load_file(str(tmp_path / job.id / result["export"] / "model.safetensors"))
+    assert exported.keys() <= state["state_dict"].keys()
+    assert all(torch.equal(exported[k], state["state_dict"][k]) for k in exported)
+    # a config without a ModelCheckpoint keeps the harness's default: no .ckpt, the export is the last epoch
+    plain = {**raw, "tasks": {"fake_detection": {**raw["tasks"]["fake_detection"],
+                                                 "methods": [{"config": str(ROOT / "configs/cnn_detector/mini.yaml")}]}}}
+    (job,) = parse_suite(plain, "test").jobs
+    assert job.config["trainer"]["enable_checkpointing"] is False

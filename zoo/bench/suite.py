@@ -49,7 +49,8 @@ TASK_KEYS = {"data", "methods", "grid", "trainer", "seeds"}
 METHOD_KEYS = {"name", "variant", "init_args", "config", "trainer", "label"}
 GRID_ROOTS = ("model", "data", "trainer")
 # what every job's Trainer gets unless the suite says otherwise: the harness draws its own progress,
-# and the export folder (not a .ckpt) is what is tested and published
+# and the export folder (not a .ckpt) is what is tested and published; a config's own ModelCheckpoint turns
+# checkpointing on for its jobs (see _job)
 TRAINER_DEFAULTS: dict[str, Any] = {
     "enable_progress_bar": False,
     "enable_model_summary": False,
@@ -319,6 +320,10 @@ def _job(task: str, row: dict[str, Any], data: dict[str, Any], trainer: dict[str
         "data": copy.deepcopy(data),
         "trainer": {**TRAINER_DEFAULTS, **row["trainer"], **trainer},
     }
+    if "enable_checkpointing" not in {**row["trainer"], **trainer} and _names_checkpoint(config["trainer"]):
+        # the config's own ModelCheckpoint (monitored, beside its early stopping) is honoured: it checkpoints
+        # into the job folder and the export is its best epoch, as `zoo fit` exports it
+        config["trainer"]["enable_checkpointing"] = True
     for dotted, value in point.items():
         _set(config, dotted, copy.deepcopy(value), where)
     dataset = str(config["data"]["class_path"]).rsplit(".", 1)[-1]
@@ -326,6 +331,14 @@ def _job(task: str, row: dict[str, Any], data: dict[str, Any], trainer: dict[str
     job_id = _slug(f"{task}--{row['label']}-{dataset}{slug}-s{seed}")
     return Job(id=job_id, task=task, method=row["name"], variant=row["variant"], dataset=dataset, seed=seed,
                trains=bool(cls.trains), config=config, grid=dict(point), label=row["label"])
+
+
+def _names_checkpoint(trainer: dict[str, Any]) -> bool:
+    """Whether the Trainer's ``callbacks`` name a ``ModelCheckpoint`` (by class path: nothing is imported)."""
+    callbacks = trainer.get("callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    return any(isinstance(c, dict) and str(c.get("class_path", "")).rsplit(".", 1)[-1] == "ModelCheckpoint"
+               for c in callbacks)
 
 
 def _grid(raw: Any, where: str, key: str) -> list[dict[str, Any]]:
