@@ -264,7 +264,8 @@ def test_model_card_parses_with_huggingface_hub(trained, server):
     assert "`MiniFakeDetection` (mini fake detection" in card.text and "not a dataset on the Hub" in card.text
     shown = {k: v for k, v in metrics.items() if not k.endswith("/threshold")}
     assert card_metrics(card) == pytest.approx(shown, abs=1e-4)
-    assert "Decision threshold on the score: 0.2500" in card.text
+    # fake detection's threshold is shown as zoo predict shows it: a probability (sigmoid(0.25)), its logit beside it
+    assert "a probability generated of 0.5622 (logit 0.2500" in card.text
     for section in ("## Limitations", "## Citation", "```bibtex", "@software{provenance_zoo"):
         assert section in card.text
     path = Path(folder.parent / "README.md")
