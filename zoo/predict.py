@@ -128,10 +128,11 @@ def image_files(root: Path) -> FolderImages:
     return found
 
 
-def expand(spec: str | Path) -> list[Item]:
+def expand(spec: str | Path, skips: FolderImages | None = None) -> list[Item]:
     """The images a file, folder (recursive) or glob names, sorted; broken links are items with an error.
 
-    Folders and globs follow ``image_files``' rule; what they skip is counted in one line on stderr.
+    Folders and globs follow ``image_files``' rule; what they skip is counted in one line on stderr, and added
+    to ``skips`` when given (for a command's summary line).
     """
     text = os.fspath(spec)
     path = Path(text)
@@ -155,6 +156,9 @@ def expand(spec: str | Path) -> list[Item]:
             else:
                 (found.images if match.is_file() else found.broken).append(match)
     items = [_item(p) for p in sorted(found.images + found.broken)]
+    if skips is not None:
+        skips.hidden += found.hidden
+        skips.others += found.others
     if found.skipped():
         from zoo.data.base import report
 
@@ -639,12 +643,13 @@ def cmd_predict(argv: list[str]) -> int:
             raise ZooError(f"{type(model).__name__} is a {task} method: give its images with --inputs, not --pairs")
         items = read_pairs(args.pairs)
     elif task == "copy_detection":
+    skips = FolderImages([], [], [], [])  # what the folders and globs of --inputs left out, for the last line
         if len(args.inputs) != 2:
             raise ZooError(f"{type(model).__name__} is a copy-detection method: give --pairs pairs.csv (columns "
                            "generated,real), or exactly two --inputs GENERATED REAL")
         items = pair_items(*args.inputs)
     else:
-        items = [item for spec in args.inputs for item in expand(spec)]
+        items = [item for spec in args.inputs for item in expand(spec, skips)]
     if args.captions:
         captions = read_captions(args.captions)
         items = [_with_caption(item, captions) for item in items]
@@ -654,10 +659,12 @@ def cmd_predict(argv: list[str]) -> int:
     write_predictions(frame, output)
     failed = int(frame["error"].notna().sum())
     print(f"zoo predict: {type(model).__name__} scored {len(frame) - failed} of {len(frame)} inputs, {failed} failed"
-          f"{' (see the error column)' if failed else ''}{_threshold_note(model)}; wrote {output}", file=sys.stderr)
+          f"{' (see the error column)' if failed else ''}{skipped}{_threshold_note(model)}; wrote {output}",
+          file=sys.stderr)
     return 0
 
 
+    skipped = f"; skipped {skips.skipped()}" if skips.skipped() else ""
 def _check_untrained(name: str | None, variant: str | None, untrained: bool) -> None:
     """Refuse an unfitted method that trains unless ``--untrained`` says it is on purpose."""
     if name is None:
