@@ -638,12 +638,12 @@ def cmd_predict(argv: list[str]) -> int:
         print(f"zoo predict: {args.model} is not trained (--untrained): its scores come from its initial weights "
               "and say nothing about your images; every row says untrained = true", file=sys.stderr)
     task = model.task_spec.name
+    skips = FolderImages([], [], [], [])  # what the folders and globs of --inputs left out, for the last line
     if args.pairs is not None:
         if task != "copy_detection":
             raise ZooError(f"{type(model).__name__} is a {task} method: give its images with --inputs, not --pairs")
         items = read_pairs(args.pairs)
     elif task == "copy_detection":
-    skips = FolderImages([], [], [], [])  # what the folders and globs of --inputs left out, for the last line
         if len(args.inputs) != 2:
             raise ZooError(f"{type(model).__name__} is a copy-detection method: give --pairs pairs.csv (columns "
                            "generated,real), or exactly two --inputs GENERATED REAL")
@@ -658,13 +658,13 @@ def cmd_predict(argv: list[str]) -> int:
                     skip_bad_images=args.skip_bad_images, progress=sys.stderr.isatty())
     write_predictions(frame, output)
     failed = int(frame["error"].notna().sum())
+    skipped = f"; skipped {skips.skipped()}" if skips.skipped() else ""
     print(f"zoo predict: {type(model).__name__} scored {len(frame) - failed} of {len(frame)} inputs, {failed} failed"
           f"{' (see the error column)' if failed else ''}{skipped}{_threshold_note(model)}; wrote {output}",
           file=sys.stderr)
     return 0
 
 
-    skipped = f"; skipped {skips.skipped()}" if skips.skipped() else ""
 def _check_untrained(name: str | None, variant: str | None, untrained: bool) -> None:
     """Refuse an unfitted method that trains unless ``--untrained`` says it is on purpose."""
     if name is None:
