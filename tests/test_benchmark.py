@@ -831,8 +831,7 @@ def test_a_config_with_early_stopping_is_benchmarked_at_the_epoch_early_stopping
             # the rate rises a thousandfold over the run, so that the last epochs are worse than the best
             "min_lr_ratio": 1000}
     raw = {"name": "best", "seeds": [0],
-           "trainer": {"accelerator": "cpu", "max_epochs": 5, "limit_train_batches": 3, "limit_val_batches": 3,
-                       "limit_test_batches": 1},
+           "trainer": {"accelerator": "cpu", "max_epochs": 5, "limit_train_batches": 3, "limit_val_batches": 3},
            "tasks": {"fake_detection": {
                "data": {"class_path": "MiniFakeDetection",
                         "init_args": {"generators": ["upsampler"], "test_generators": ["smoother"]}},

@@ -8,7 +8,8 @@ vocabulary that open_clip ships. The UNet's ``sample_size`` is 16 instead of 64 
 512), so that a sampler step costs seconds on a CPU; its weights and parameter count are SD-1.5's.
 
 Each config runs as a benchmark job (fit or calibrate, export, reload the export, test) on its task's mini set,
-eight samples a split (``max_samples``), one batch of two per step, with the config's own model arguments except: ``pretrained`` off, the
+eight samples a split (``max_samples``), one batch of two per training and validation step and the whole draw
+tested (the draw keeps its split's order, so a single batch can hold one class), with the config's own model arguments except: ``pretrained`` off, the
 diffusion models pointed at the local folder, and the long loops cut to one step (PGD steps, inversion
 iterations, restarts; three calibration images). The Trainer runs in fp32 on the CPU (``precision: 32-true``):
 a CPU without bf16 units emulates the configs' ``bf16-mixed``, about 15 times slower.
@@ -24,6 +25,7 @@ These tests are deselected by default (marker ``full_size``); run them with ``py
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -36,9 +38,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # SD-1.5's parameter counts (stable-diffusion-v1-5: unet, vae, text_encoder)
 SD15_PARAMS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
 SMOKE_SAMPLE_SIZE = 16  # latent side: 128-pixel images (SD-1.5: 64, 512 pixels)
-# fp32: the configs' bf16-mixed is emulated on CPUs without bf16 units (15x slower on SD-1.5's UNet here)
-TRAINER = {"accelerator": "cpu", "devices": 1, "precision": "32-true", "max_epochs": 1, "max_steps": 1, "limit_train_batches": 1,
-           "limit_val_batches": 1, "limit_test_batches": 1, "num_sanity_val_steps": 0}
+MAX_SAMPLES, BATCH_SIZE = 8, 2  # of each split; images (or pairs) a batch
+# fp32: the configs' bf16-mixed is emulated on CPUs without bf16 units (15x slower on SD-1.5's UNet here).
+# One training and one validation batch, given as a fraction: Lightning types limit_*_batches `int | float`, and
+# jsonargparse may read an integer 1 as 1.0 (every batch), depending on the order in which typing's Union cache
+# met `Union[int, float]` and `Union[float, int]`. The test runs every batch of the draw: the draw keeps its split's
+# order, so one batch of two can hold a single class, whose AUROC is NaN.
+ONE_BATCH = BATCH_SIZE / MAX_SAMPLES
+TRAINER = {"accelerator": "cpu", "devices": 1, "precision": "32-true", "max_epochs": 1, "max_steps": 1,
+           "limit_train_batches": ONE_BATCH, "limit_val_batches": ONE_BATCH, "num_sanity_val_steps": 0}
 DATA = {
     "copy_detection": "MiniCopyDetection",
     "fake_detection": "MiniFakeDetection",
@@ -205,6 +213,7 @@ def test_real_config_runs_at_full_size(config: Path, lora_format: str, request: 
     from zoo import registry
     from zoo.bench.runner import run_job
     from zoo.bench.suite import parse_suite
+    from zoo.tasks import get_task
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # pretrained downloads off: a download attempt fails the job
     whole = yaml.safe_load(config.read_text())
@@ -214,7 +223,7 @@ def test_real_config_runs_at_full_size(config: Path, lora_format: str, request: 
     # the SD-1.5 folder (about 1.07 B parameters written to disk) only for the configs that name a diffusion model
     sd = request.getfixturevalue("stable_diffusion") if method in DIFFUSION_METHODS else None
     entry = {"config": str(config), "init_args": overrides(method, model.get("init_args", {}), sd, lora_format)}
-    data = {"batch_size": 2, "max_samples": 8}
+    data = {"batch_size": BATCH_SIZE, "max_samples": MAX_SAMPLES}
     if (whole.get("data") or {}).get("init_args", {}).get("captions"):
         data["captions"] = True  # a text-conditioned method needs the mini set's captions
     raw = {"name": "full_size", "seeds": [0], "trainer": TRAINER,
@@ -223,6 +232,11 @@ def test_real_config_runs_at_full_size(config: Path, lora_format: str, request: 
     result = run_job(job, tmp_path / job.id)
     assert result["status"] == "ok", f"{config.name}: {result.get('error')}\n{(tmp_path / job.id / 'error.txt').read_text()}"
     assert result["metrics"], f"{config.name}: no test metric"
+    with (tmp_path / job.id / "predictions.csv").open() as f:
+        tested = list(csv.DictReader(f))
+    assert len(tested) == result["split_sizes"]["test"] == MAX_SAMPLES, "the test covers the whole draw"
+    if get_task(task).binary:  # AUROC, AP and TPR need both classes
+        assert {row["true_label"] for row in tested} == {"0", "1"}, "the tested samples hold both classes"
     problems = metric_problems(result["metrics"])
     assert not problems, f"{config.name}: " + "; ".join(problems)
     if method not in DIFFUSION_METHODS:  # their diffusion models are named, not saved
