@@ -264,6 +264,17 @@ class ZooModule(pl.LightningModule):
                 cache[size] = None
         return cache[size]
 
+    def is_calibrated(self) -> bool:
+        """False when the decision this model states rests on a default rather than on data it was fitted to.
+
+        Binary tasks: whether the threshold was calibrated (a method with a rule of its own always is). A
+        method whose output needs another fit (a level map, say) overrides this. ``zoo predict`` marks every
+        row of an uncalibrated model and states no decision for it.
+        """
+        if self.task_spec.binary and self.calibrates_threshold:
+            return float(self.threshold) != float(self.default_threshold)
+        return True
+
     def probability(self, score: Tensor) -> Tensor:
         """The probability of the positive class of a score: by default the sigmoid of a logit score.
 

@@ -145,6 +145,9 @@ class CGIDM(ZooModule):
 
         return SimilarityScorer(freeze(Encoder(spec, pretrained=pretrained, model_kwargs=kwargs)), blocks, resize)
 
+    def is_calibrated(self) -> bool:
+        return bool(self.calibrated)
+
     @property
     def inverter(self) -> torch.nn.Module:
         return self._inverter[0]

@@ -61,6 +61,10 @@ class _PairDescriptor(ZooModule):
         """(B, D) L2-normalised descriptors of pre-processed images."""
         raise NotImplementedError
 
+    def is_calibrated(self) -> bool:
+        # unfitted, the map is the line 5 * clamp(similarity, 0, 1): two unrelated photographs get level 4+
+        return bool(self.level_map.fitted)
+
     def similarity(self, generated_emb: Tensor, real_emb: Tensor, exclude: Tensor | None = None) -> Tensor:
         """Cosine similarity of paired descriptors, score-normalised when a background set is held."""
         scores = (generated_emb * real_emb).sum(dim=-1)
