@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import glob
 import json
 import os
@@ -33,12 +32,15 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 from torch import Tensor
 
 from zoo.errors import ZooError
+
+if TYPE_CHECKING:
+    from zoo.data.images import FolderImages
 
 OUTPUT_FORMATS = (".csv", ".jsonl", ".parquet")
 EXPORT_DIR = "zoo"  # the export folder in a run's log folder (``zoo fit``)
@@ -56,76 +58,18 @@ class Item:
 
 
 # ------------------------------------------------------------------------------------------ inputs
+def __getattr__(name: str) -> Any:
+    # the one rule of which files are images lives in zoo.data.images, imported on first use so that
+    # `zoo predict --help` does not import the datamodules (and Lightning) with it
+    if name in ("FolderImages", "image_files", "image_suffixes"):
+        from zoo.data import images
+
+        return getattr(images, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _is_image(value: Any) -> bool:
     return hasattr(value, "convert") and hasattr(value, "size") and not isinstance(value, str | Path)
-
-
-@functools.cache
-def image_suffixes() -> frozenset[str]:
-    """The lower-case extensions of every format this PIL decodes (``.jfif``, and ``.avif`` where PIL has it).
-
-    Formats PIL only identifies (its stubs, MPEG) are left out, and EPS when Ghostscript is missing.
-    """
-    from PIL import EpsImagePlugin, Image, ImageFile
-
-    Image.init()
-    usable = {fmt for fmt, (factory, _) in Image.OPEN.items()
-              if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))} - {"MPEG"}
-    if not EpsImagePlugin.has_ghostscript():
-        usable.discard("EPS")
-    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in usable)
-
-
-@dataclass
-class FolderImages:
-    """What ``image_files`` found below a folder: the images and every entry it skipped, by reason."""
-
-    images: list[Path]  # image files by extension, sorted; a broken link among them is in ``broken`` instead
-    hidden: list[Path]  # hidden files and hidden folders (a name starting with "."), not entered
-    others: list[Path]  # files whose extension is not an image format PIL decodes
-    broken: list[Path]  # broken or looping links, unreadable folders, a folder reached a second time
-
-    def skipped(self) -> str:
-        """The skips counted for a summary line (``"2 hidden, 1 not an image"``), or ``""`` when none."""
-        parts = [f"{len(self.hidden)} hidden" if self.hidden else "",
-                 f"{len(self.others)} not an image" if len(self.others) == 1 else
-                 f"{len(self.others)} not images" if self.others else ""]
-        return ", ".join(p for p in parts if p)
-
-
-def image_files(root: Path) -> FolderImages:
-    """The image files below ``root``, by the one rule every command follows.
-
-    Hidden files and hidden folders are skipped (and counted); a file is an image when its extension is one
-    of ``image_suffixes()``, in any case. Links are followed; a folder reached twice (a link loop, or two
-    links to one folder) is reported as broken rather than listed again.
-    """
-    found = FolderImages([], [], [], [])
-    visited: set[str] = set()
-    suffixes = image_suffixes()
-    for folder, dirs, names in os.walk(root, followlinks=True, onerror=lambda err: found.broken.append(
-            Path(err.filename))):
-        real = os.path.realpath(folder)
-        if real in visited:
-            found.broken.append(Path(folder))
-            dirs[:] = []
-            continue
-        visited.add(real)
-        found.hidden += [Path(folder, d) for d in dirs if d.startswith(".")]
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in names:
-            path = Path(folder, name)
-            if name.startswith("."):
-                found.hidden.append(path)
-            elif path.suffix.lower() not in suffixes:
-                found.others.append(path)
-            elif not path.is_file():  # a link to nothing, to itself, or to something not a file
-                found.broken.append(path)
-            else:
-                found.images.append(path)
-    for entries in (found.images, found.hidden, found.others, found.broken):
-        entries.sort()
-    return found
 
 
 def expand(spec: str | Path, skips: FolderImages | None = None) -> list[Item]:
@@ -134,6 +78,8 @@ def expand(spec: str | Path, skips: FolderImages | None = None) -> list[Item]:
     Folders and globs follow ``image_files``' rule; what they skip is counted in one line on stderr, and added
     to ``skips`` when given (for a command's summary line).
     """
+    from zoo.data.images import FolderImages, image_files, image_suffixes
+
     text = os.fspath(spec)
     path = Path(text)
     if not path.is_dir() and (path.exists() or path.is_symlink() or not glob.has_magic(text)):
@@ -638,6 +584,8 @@ def cmd_predict(argv: list[str]) -> int:
         print(f"zoo predict: {args.model} is not trained (--untrained): its scores come from its initial weights "
               "and say nothing about your images; every row says untrained = true", file=sys.stderr)
     task = model.task_spec.name
+    from zoo.data.images import FolderImages
+
     skips = FolderImages([], [], [], [])  # what the folders and globs of --inputs left out, for the last line
     if args.pairs is not None:
         if task != "copy_detection":

@@ -171,7 +171,7 @@ class InversionAttribution(ZooModule):
                 chunks = [self.generator.to(self.device)(z.to(self.device)).clamp(0, 1) for z in inputs.split(8)]
             # as the images would be stored: 8-bit
             return (torch.cat(chunks) * 255).round() / 255, f"{self.calibration_size} images sampled from the generator"
-        from zoo.data.images import list_images, open_image
+        from zoo.data.images import image_files, open_image
 
         if self.calibration == "mini":
             from zoo_inversion_attribution.data import mini_calibration_folder
@@ -181,7 +181,8 @@ class InversionAttribution(ZooModule):
             folder = Path(self.calibration)
         if not folder.is_dir():
             raise ZooError(f"calibration={self.calibration!r}: {folder} is not a folder of the model's own images")
-        paths, _ = list_images(folder)
+        found = image_files(folder)
+        paths = sorted(found.images + found.broken)  # a broken link fails below, with its path
         transform = self.image_transform()
         images = [self._fit_size(transform(open_image(p)).unsqueeze(0), [str(p)]) for p in paths]
         if len(images) < self.belonging.min_size:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.data.base import ImageRecord, ZooDataModule, read_csv, report
-from zoo.data.images import list_images
+from zoo.data.images import FolderImages, image_files
 from zoo.errors import ZooError
 
 
@@ -60,11 +60,15 @@ class ImageFolders(ZooDataModule):
         positive, negative = (self.test_positive, self.test_negative) if split == "test" else (self.positive, self.negative)
         captions = self._read_captions(folder) if self.captions else None
         records: list[ImageRecord] = []
-        ignored: list[Path] = []
+        skipped = FolderImages([], [], [], [])
         for label, sources in ((1, positive), (0, negative)):
             for source in sources:
-                images, others = list_images(folder / source) if (folder / source).is_dir() else ([], [])
-                ignored += others
+                found = image_files(folder / source) if (folder / source).is_dir() else FolderImages([], [], [], [])
+                skipped.hidden += found.hidden
+                skipped.others += found.others
+                # a broken link with an image's extension is a record, so that reading it fails with its path (or,
+                # with skip_bad_images, is counted and reported) instead of vanishing
+                images = sorted(found.images + found.broken)
                 if not images:
                     raise ZooError(f"{folder / source}: no images of source {source!r}, named in the config")
                 for path in images:
@@ -75,8 +79,11 @@ class ImageFolders(ZooDataModule):
                             raise ZooError(f"{folder / 'captions.csv'}: no caption for {key}")
                         caption = captions[key]
                     records.append(ImageRecord(str(path), label, source, path=str(path), caption=caption))
-        if ignored:
-            report(f"{folder}: ignored {len(ignored)} files that are not images, e.g. {ignored[0]}")
+        parts = [f"{len(skipped.others)} files that are not images" if skipped.others else "",
+                 f"{len(skipped.hidden)} hidden files or folders" if skipped.hidden else ""]
+        if any(parts):
+            report(f"{folder}: ignored {' and '.join(p for p in parts if p)}, e.g. "
+                   f"{(skipped.others + skipped.hidden)[0]}")
         return records
 
     def _read_captions(self, folder: Path) -> dict[str, str]:

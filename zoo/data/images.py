@@ -1,8 +1,11 @@
-"""Reading images safely: every failure names the file, every mode becomes 8-bit RGB."""
+"""Reading images safely (every failure names the file, every mode becomes 8-bit RGB), and the one rule of which
+files in a folder are images, that every command and datamodule follows."""
 
 from __future__ import annotations
 
+import functools
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +15,6 @@ from PIL import Image, UnidentifiedImageError
 
 from zoo.errors import ZooError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 DEFAULT_MAX_PIXELS = 50_000_000  # about 7000 x 7000; larger files are refused, not decoded
 
 
@@ -83,18 +85,69 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Image files below ``folder`` (sorted) and the other files found there.
+@functools.cache
+def image_suffixes() -> frozenset[str]:
+    """The lower-case extensions of every format this PIL decodes (``.jfif``, and ``.avif`` where PIL has it).
 
-    A broken or looping symbolic link with an image's extension is listed as an image, so that reading it
-    fails with its path (or, with ``skip_bad_images``, is counted and reported) instead of vanishing.
+    Formats PIL only identifies (its stubs, MPEG) are left out, and EPS when Ghostscript is missing.
     """
-    images, others = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() or (p.is_symlink() and not p.exists())):
-        if path.name.startswith("."):
-            others.append(path)
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
-            images.append(path)
-        elif path.name != "captions.csv":
-            others.append(path)
-    return images, others
+    from PIL import EpsImagePlugin, Image, ImageFile
+
+    Image.init()
+    usable = {fmt for fmt, (factory, _) in Image.OPEN.items()
+              if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))} - {"MPEG"}
+    if not EpsImagePlugin.has_ghostscript():
+        usable.discard("EPS")
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in usable)
+
+
+@dataclass
+class FolderImages:
+    """What ``image_files`` found below a folder: the images and every entry it skipped, by reason."""
+
+    images: list[Path]  # image files by extension, sorted; a broken link among them is in ``broken`` instead
+    hidden: list[Path]  # hidden files and hidden folders (a name starting with "."), not entered
+    others: list[Path]  # files whose extension is not an image format PIL decodes
+    broken: list[Path]  # broken or looping links, unreadable folders, a folder reached a second time
+
+    def skipped(self) -> str:
+        """The skips counted for a summary line (``"2 hidden, 1 not an image"``), or ``""`` when none."""
+        parts = [f"{len(self.hidden)} hidden" if self.hidden else "",
+                 f"{len(self.others)} not an image" if len(self.others) == 1 else
+                 f"{len(self.others)} not images" if self.others else ""]
+        return ", ".join(p for p in parts if p)
+
+
+def image_files(root: Path) -> FolderImages:
+    """The image files below ``root``, by the one rule every command follows.
+
+    Hidden files and hidden folders are skipped (and counted); a file is an image when its extension is one
+    of ``image_suffixes()``, in any case. Links are followed; a folder reached twice (a link loop, or two
+    links to one folder) is reported as broken rather than listed again.
+    """
+    found = FolderImages([], [], [], [])
+    visited: set[str] = set()
+    suffixes = image_suffixes()
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=lambda err: found.broken.append(
+            Path(err.filename))):
+        real = os.path.realpath(folder)
+        if real in visited:
+            found.broken.append(Path(folder))
+            dirs[:] = []
+            continue
+        visited.add(real)
+        found.hidden += [Path(folder, d) for d in dirs if d.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            path = Path(folder, name)
+            if name.startswith("."):
+                found.hidden.append(path)
+            elif path.suffix.lower() not in suffixes:
+                found.others.append(path)
+            elif not path.is_file():  # a link to nothing, to itself, or to something not a file
+                found.broken.append(path)
+            else:
+                found.images.append(path)
+    for entries in (found.images, found.hidden, found.others, found.broken):
+        entries.sort()
+    return found
