@@ -194,3 +194,31 @@ def test_fit_of_a_method_with_nothing_to_train_exports_what_predict_uses(own_ima
     assert main(["predict", "--ckpt_path", str(export), "--pairs", str(pairs_csv), "--output", str(out)]) == 0
     rows = pd.read_json(out, lines=True)
     assert len(rows) == 3 and rows["level"][0] == pytest.approx(5.0, abs=1e-4), "an image against itself is a copy"
+
+
+def test_python_api_takes_a_run_folder_and_checks_its_arguments(own_images, tmp_path, capsys):
+    """``from_pretrained`` and ``zoo.hub.resolve`` take a run folder of ``zoo fit`` as ``zoo predict --ckpt_path``
+    does (its newest export, by version number); ``predict`` refuses a batch size or worker count as the CLI does."""
+    from zoo import hub
+    from zoo.predict import image_items, predict
+
+    run = tmp_path / "runs" / "cnn"
+    for version in (2, 10):  # version_10 is the newer one
+        torch.manual_seed(version)
+        registry.methods.load("CNNDetector").from_variant("tiny").save_pretrained(
+            run / "lightning_logs" / f"version_{version}" / "zoo")
+    newest = run / "lightning_logs" / "version_10" / "zoo"
+    assert hub.resolve(run) == hub.resolve(run / "lightning_logs") == newest
+    model = ZooModule.from_pretrained(run)
+    expected = ZooModule.from_pretrained(newest)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values(),
+                                                 strict=True))
+    assert "newest export" in capsys.readouterr().err
+    with pytest.raises(ZooError, match="no zoo checkpoint in this folder"):
+        ZooModule.from_pretrained(tmp_path / "runs")
+    items = image_items(str(own_images / "coffee.jpg"))
+    for kwargs, message in (({"batch_size": 0}, "batch_size=0"), ({"batch_size": 2.5}, "batch_size=2.5"),
+                            ({"num_workers": -1}, "num_workers=-1"), ({"batch_size": True}, "batch_size=True")):
+        with pytest.raises(ZooError, match=message):
+            predict(model, items, **kwargs)
+    assert len(predict(model, items, batch_size=1)) == 1

@@ -193,6 +193,9 @@ def resolve(source: str | Path, revision: str | None = None, cache_dir: str | No
             local_files_only: bool | None = None, token: str | None = None, endpoint: str | None = None) -> Path:
     """The local folder of a zoo checkpoint: a folder, ``hf-hub:org/name[@rev]``, ``org/name`` or a short name.
 
+    A local folder is the checkpoint itself or a run folder of ``zoo fit`` (``runs/cnn``, its ``lightning_logs``
+    or a version folder), whose newest export is used (``zoo.predict.newest_export``).
+
     A string that is not an existing path nor a known short name, and has the form ``org/name``, is a
     Hub repo id. Hub checkpoints come from the Hugging Face cache when present; with ``HF_HUB_OFFLINE=1``
     or ``local_files_only=True`` nothing is asked of the network. Pinned sha256 digests are verified.
@@ -217,8 +220,10 @@ def _fetch(source: str | Path, *, revision: str | None, cache_dir: str | None, l
         repo_id, _, at = text[len(HUB_PREFIX):].partition("@")
         return _snapshot(check_repo_id(repo_id, text), revision or at or None, label=text, **hub)
     path = Path(text)
-    if path.is_dir():
-        return path
+    if path.is_dir():  # a checkpoint folder, or a run folder of `zoo fit` (its newest export), as zoo predict takes
+        from zoo.predict import newest_export
+
+        return newest_export(path)
     known = known_checkpoints()
     if text in known:
         entry = known[text]

@@ -392,6 +392,9 @@ class ZooModule(pl.LightningModule):
     def from_pretrained(cls, source: str | Path, **kwargs: Any) -> ZooModule:
         """Load a saved method from a folder, or from the Hub as ``hf-hub:org/name`` (see ``zoo.hub``).
 
+        A folder is an export, or a run folder of ``zoo fit`` (``runs/cnn``), whose newest export is loaded, as
+        ``zoo predict --ckpt_path`` takes it.
+
         Nothing is unpickled: the config is JSON and the weights are safetensors.
         """
         from zoo import hub

@@ -251,14 +251,17 @@ def predict(
     """Score ``items`` with ``model``: a pandas DataFrame, one row per item, in order (see the module doc).
 
     Raises:
-        ZooError: the inputs do not fit the model's task, or, with ``skip_bad_images=False``, an input
-            cannot be read.
+        ZooError: ``batch_size`` or ``num_workers`` is not a whole number in range, the inputs do not fit the
+            model's task, or, with ``skip_bad_images=False``, an input cannot be read.
     """
     import pandas as pd
 
     from zoo.data.base import default_transform
     from zoo.data.images import ImageLimits
 
+    for name, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:  # as zoo predict checks them
+            raise ZooError(f"{name}={value!r}: expected a whole number of at least {least}")
     task = model.task_spec
     pairs = task.name == "copy_detection"
     width = {len(item.sources) for item in items}

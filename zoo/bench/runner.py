@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import logging
 import os
@@ -48,7 +47,6 @@ PREDICTIONS_NAME = "predictions.csv"
 TRAIN_PREDICTIONS_NAME = "train_predictions.csv"  # copy detection: what the report fits its level map on
 LOCK_NAME = ".zoo-benchmark.lock"
 HOLDER_NAME = ".zoo-benchmark.holder.json"  # who holds the lock: pid, host, start
-REFUSED_NAME = "config_refused.txt"  # the parser's whole message when a job's config is refused
 ERROR_CHARS = 500  # a stored error is one line, at most this long
 # file names that are not UTF-8 reach the predictions as surrogate escapes; they are written as \\xNN
 TEXT = {"encoding": "utf-8", "errors": "backslashreplace"}
@@ -297,14 +295,8 @@ def _execute(job: Job, job_dir: Path, progress: Any, progress_task: Any) -> dict
     callbacks: list[Callback] = [ExportOnFitEnd(), writer]
     if progress is not None:
         callbacks.append(JobProgress(progress, progress_task, job.label))
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr):
-            cli = ZooCLI(["--config", str(config_path)], run=False, trainer_defaults={"callbacks": callbacks})
-    except SystemExit as err:  # jsonargparse exits on a config it refuses: its usage goes to a file, its reason here
-        refusal = stderr.getvalue().strip()
-        (job_dir / REFUSED_NAME).write_text(redact(refusal) + "\n", **TEXT)
-        raise ZooError(f"{config_path}: the config was refused: {_reason(refusal)} (in full: {REFUSED_NAME})") from err
+    # a config value the parser refuses raises one ZooError naming the argument (ZooCLI parses without exiting)
+    cli = ZooCLI(["--config", str(config_path)], run=False, trainer_defaults={"callbacks": callbacks})
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     used = _record_splits(data)
     with PeakMemory() as memory:
@@ -402,14 +394,6 @@ def _error_text(err: BaseException) -> str:
     text = f"{type(err).__name__}: {err}" if not isinstance(err, ZooError) else str(err)
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()] or [type(err).__name__]
     return redact(lines[0] + (" ..." if len(lines) > 1 else ""))[:ERROR_CHARS]
-
-
-def _reason(refusal: str) -> str:
-    """The reason in an argument parser's refusal (its ``error:`` line), without the usage around it."""
-    lines = [line.strip() for line in refusal.splitlines() if line.strip()]
-    errors = [line for line in lines if "error:" in line]
-    reason = (errors or lines or ["no message"])[-1]
-    return reason.split("error:", 1)[-1].strip()
 
 
 def _cpu_seconds() -> float:
