@@ -442,6 +442,48 @@ def test_every_package_ships_and_the_suites_and_configs_ship_inside_zoo():
     assert dirs["zoo.suites"] == "benchmarks" and dirs["zoo.configs"] == "configs"
 
 
+def test_every_library_the_code_imports_is_declared_and_every_installed_requirement_is_pinned():
+    """A module that zoo/ or a plugin imports comes from a distribution in pyproject.toml's dependencies (not only
+    through another one's), and constraints.txt pins every distribution the dependencies and the test extra pull in."""
+    import ast
+    import importlib.metadata as md
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {norm(Requirement(r).name) for r in project["dependencies"]}
+    imported: set[str] = set()
+    for path in [*ROOT.glob("zoo/**/*.py"), *ROOT.glob("plugins/*/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    ours = {"zoo"} | {p.name for p in ROOT.glob("plugins/*")}
+    providers = md.packages_distributions()
+    undeclared = {m: providers.get(m) for m in imported - set(sys.stdlib_module_names) - ours
+                  if not {norm(d) for d in providers.get(m, [])} & declared}
+    assert not undeclared, f"imported, but not in pyproject.toml's dependencies: {undeclared}"
+
+    pinned = {norm(line.split("==")[0]) for line in (ROOT / "constraints.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    todo = [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["test"]]]
+    needed: set[str] = set()
+    while todo:
+        requirement = todo.pop()
+        name = norm(requirement.name)
+        if name in needed or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        needed.add(name)
+        todo += [Requirement(r) for r in md.requires(requirement.name) or []]
+    needed -= {"pip", "setuptools", "wheel"}  # what `pip freeze` leaves out, as the file's header says it is made
+    assert not needed - pinned, f"installed with the project, but not pinned in constraints.txt: {needed - pinned}"
+
+
 def test_a_wheel_holds_the_suites_and_every_config_they_name(tmp_path):
     import zipfile
 
