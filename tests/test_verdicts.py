@@ -51,6 +51,27 @@ def test_untrained_on_purpose_says_so_in_every_row(images, tmp_path, capsys):
     assert code == 0 and "not trained (--untrained)" in err
     frame = pd.read_csv(out)
     assert len(frame) == 3 and frame["untrained"].tolist() == [True] * 3
+    # its threshold is the default, not calibrated: no decision is stated, and every row says why
+    assert frame["uncalibrated"].tolist() == [True] * 3
+    assert frame["decision"].isna().all() and frame["verdict"].isna().all() and frame["score"].notna().all()
+    assert "rows state no decision and say uncalibrated = true" in err
+
+
+def test_an_unfitted_level_map_is_said_in_every_row_and_a_fitted_one_is_not(images, tmp_path, capsys):
+    """DescriptorSimilarity's unfitted map is 5 * clamp(cosine): unrelated photographs get level 4+."""
+    inputs = [str(images / "astronaut.png"), str(images / "coffee.png")]
+    code, err = _predict(capsys, "--model", "DescriptorSimilarity", "--variant", "tiny", "--inputs", *inputs,
+                         "--output", str(tmp_path / "unfitted.csv"))
+    assert code == 0 and "levels come from the unfitted default map" in err
+    assert pd.read_csv(tmp_path / "unfitted.csv")["uncalibrated"].tolist() == [True]
+    # the README's road: zoo fit calibrates the map on the mini set and exports it
+    assert main(["fit", "--model", "DescriptorSimilarity", "--variant", "tiny", "--data", "MiniCopyDetection",
+                 "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+                 "--trainer.default_root_dir", str(tmp_path / "run")]) == 0
+    code, err = _predict(capsys, "--ckpt_path", str(tmp_path / "run"), "--inputs", *inputs,
+                         "--output", str(tmp_path / "fitted.csv"))
+    assert code == 0 and "uncalibrated" not in err
+    assert "uncalibrated" not in pd.read_csv(tmp_path / "fitted.csv").columns
 
 
 def test_methods_with_nothing_to_train_run_without_untrained(images, tmp_path, capsys):
@@ -58,7 +79,7 @@ def test_methods_with_nothing_to_train_run_without_untrained(images, tmp_path, c
     inputs = [str(images / "astronaut.png"), str(images / "coffee.png")]
     code, _ = _predict(capsys, "--model", "DescriptorSimilarity", "--variant", "tiny", "--inputs", *inputs,
                        "--output", str(out))
-    assert code == 0 and "untrained" not in pd.read_csv(out).columns
+    assert code == 0 and "untrained" not in pd.read_csv(out).columns  # its unfitted level map: uncalibrated
     code, err = _predict(capsys, "--model", "DescriptorSimilarity", "--variant", "tiny", "--untrained", "--inputs",
                          *inputs)
     assert code != 0 and "nothing to train" in err

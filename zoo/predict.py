@@ -298,6 +298,11 @@ def predict(
         frame["error"] = None
     if getattr(model, "untrained", False):  # said in every row, so that no row can be read as a verdict
         frame.insert(frame.columns.get_loc("error"), "untrained", True)
+    if not model.is_calibrated():  # a decision at a default threshold (or an unfitted level map) is no verdict
+        for column in ("decision", "verdict"):
+            if column in frame.columns:
+                frame[column] = None
+        frame.insert(frame.columns.get_loc("error"), "uncalibrated", True)
     # integers (decisions, argmax levels) stay integers beside the empty cells of failed rows
     integers = {k for row in rows for k, v in row.items() if isinstance(v, int) and not isinstance(v, bool)}
     for column in integers:
@@ -649,8 +654,8 @@ def _with_caption(item: Item, captions: dict[str, str]) -> Item:
 
 
 def _threshold_note(model: Any) -> str:
-    if not model.task_spec.binary or not model.calibrates_threshold:
+    if model.is_calibrated():
         return ""
-    if float(model.threshold) == float(model.default_threshold):
-        return "; the decision threshold is the method's default, not calibrated: fit or validate it first"
-    return ""
+    said = ("the decision threshold is the method's default, so the rows state no decision" if model.task_spec.binary
+            else "the levels come from the unfitted default map")
+    return f"; {said} and say uncalibrated = true: fit or validate it first"
