@@ -596,3 +596,16 @@ def test_embedding_a_finished_gallery_again_keeps_it_usable(mini_gallery: dict[s
     assert _zoo("index", "--gallery", str(out), "--index_type", "flat") == 0
     assert _zoo("match", "--gallery", str(out), "--generated", f"copier={mini_gallery['copier']}",
                 "--output", str(tmp_path / "m"), *FAST) == 0
+
+
+@pytest.mark.parametrize("command", ["embed", "index", "match"])
+def test_a_python_tag_in_a_gallery_config_is_one_line_and_runs_nothing(command, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f'output: !!python/object/apply:os.system ["touch {marker}"]\n')
+    from zoo.cli import main
+
+    assert main([command, "--config", str(config)]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"zoo: error: zoo {command}: ") and err.count("\n") == 1, err
+    assert "python/object/apply:os.system" in err and not marker.exists()

@@ -15,11 +15,23 @@ def _parser(prog: str, description: str | None, trainer: bool = False) -> Any:
     import lightning.pytorch as pl
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog=prog, description=description)
+    # a refused argument or config value (a !!python tag, say) raises: _parse turns it into one line
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
     if trainer:
         parser.add_class_arguments(pl.Trainer, "trainer", skip={"callbacks", "logger", "plugins", "profiler"})
     return parser
+
+
+def _parse(parser: Any, argv: list[str]) -> Any:
+    from jsonargparse import ArgumentError
+
+    from zoo.lightning_cli import parse_error
+
+    try:
+        return parser.parse_args(argv)
+    except ArgumentError as err:
+        raise ZooError(f"{parser.prog}: {parse_error(str(err))}") from None
 
 
 def cmd_embed(argv: list[str]) -> int:
@@ -43,7 +55,7 @@ def cmd_embed(argv: list[str]) -> int:
     parser.add_argument("--image_size", type=int, default=224, help="default transform size")
     parser.add_argument("--id_column", type=str, default="id")
     parser.add_argument("--image_column", type=str, default="image")
-    cfg = parser.parse_args(argv)
+    cfg = _parse(parser, argv)
     method = load_method(cfg.model, cfg.variant, cfg.model_args, seed=cfg.seed)
     embed(cfg.gallery, cfg.output, method, shard_size=cfg.shard_size, batch_size=cfg.batch_size,
                 num_workers=cfg.num_workers, dtype=cfg.dtype, image_size=cfg.image_size, id_column=cfg.id_column,
@@ -70,7 +82,7 @@ def cmd_index(argv: list[str]) -> int:
     parser.add_argument("--samples_per_list", type=int, default=64)
     parser.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query")
     parser.add_argument("--seed", type=int, default=0)
-    cfg = parser.parse_args(argv)
+    cfg = _parse(parser, argv)
     path = build_index(cfg.gallery, cfg.index_type, cfg.flat_max, cfg.nlist, cfg.pq_m, cfg.pq_bits, cfg.opq,
                        cfg.train_size, cfg.samples_per_list, cfg.nprobe, cfg.seed)
     print(f"indexed {cfg.gallery} into {path}")
@@ -96,7 +108,7 @@ def cmd_match(argv: list[str]) -> int:
     parser.add_argument("--num_workers", type=int, default=0)
     # generated images are embedded inside this process: one device unless told otherwise
     parser.set_defaults({"trainer.devices": 1, "trainer.enable_progress_bar": False})
-    cfg = parser.parse_args(argv)
+    cfg = _parse(parser, argv)
     generated = {}
     for item in cfg.generated:
         name, sep, path = item.partition("=")
