@@ -13,7 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # CGI-DM's ``zoo-mini`` models in their test setting: seconds to train instead of minutes (zoo_cgi_dm.finetune)
 os.environ.setdefault("ZOO_CGI_DM_MINI", "test")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread: the tests' models are tiny, and on a busy machine a second thread mostly spins waiting for a core.
+# tests/test_every_method.py -k "CGIDM or SSCD" on 2 shared cores (load average 4): 14 CPU s on one
+# thread against 31 to 127 CPU s on two
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 
