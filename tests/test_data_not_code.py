@@ -507,3 +507,21 @@ def test_pdf_embedding_builds_its_encoder_by_the_encoder_rules(tmp_path):
         pdf.from_variant("tiny", pretrained=True, encoder=f"local-dir:{outside}")
     with pytest.raises(ZooError, match="encoder spec 'timm:' must look like"):
         pdf.from_variant("tiny", pretrained=True, encoder="")
+
+
+def test_cgidm_folders_the_user_names_may_lie_anywhere(cgidm, tmp_path):
+    """An override on the command line, or the config a benchmark job was fitted from, is the user's word."""
+    import shutil
+
+    from zoo.module import load_folder
+
+    model, pipe = cgidm
+    outside = str(shutil.copytree(pipe, tmp_path / "outside"))
+    folder = _method_checkpoint(model, tmp_path, pretrained=outside, finetuned=outside)
+    with pytest.raises(ZooError, match="is outside the checkpoint folder"):
+        load_folder(folder)  # read from the file: refused
+    assert load_folder(folder, finetuned=outside, pretrained=outside)._pre.source == outside  # named by the caller
+    assert load_folder(folder, trusted={"pretrained": outside, "finetuned": outside})._pre.source == outside
+    other = str(shutil.copytree(pipe, tmp_path / "other"))
+    with pytest.raises(ZooError, match="is outside the checkpoint folder"):
+        load_folder(folder, finetuned=other)  # the pretrained folder is still the file's, and refused

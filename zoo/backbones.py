@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from zoo.errors import ZooError
 
 _SKIP_DOWNLOAD = contextvars.ContextVar("zoo_skip_pretrained_download", default=False)
 _CHECKPOINT = contextvars.ContextVar[Path | None]("zoo_checkpoint_folder", default=None)
+# values the caller named itself (an override on the command line, the user's own config), not read from the file
+_TRUSTED = contextvars.ContextVar[frozenset[str]]("zoo_checkpoint_trusted", default=frozenset())
 _ASSETS = Path(__file__).parent / "assets"
 LIBRARIES = ("timm", "open_clip")
 # The model_kwargs keys the zoo vouches for, per library: sizes and rates of an architecture, nothing that
@@ -61,13 +63,30 @@ def want_pretrained(pretrained: bool) -> bool:
 
 
 @contextlib.contextmanager
-def from_checkpoint(folder: str | Path) -> Iterator[None]:
-    """Build from values read from the checkpoint in ``folder``: a file they name must lie inside it."""
+def from_checkpoint(folder: str | Path, trusted: Iterable[str] = ()) -> Iterator[None]:
+    """Build from values read from the checkpoint in ``folder``: a file they name must lie inside it.
+
+    ``trusted`` are values the caller named itself (``--model.finetuned /models/ft`` on the command line, the
+    paths of the config a benchmark job was fitted from): those are the user's, and pass unchecked.
+    """
     token = _CHECKPOINT.set(Path(folder).resolve())
+    trust = _TRUSTED.set(frozenset(trusted))
     try:
         yield
     finally:
+        _TRUSTED.reset(trust)
         _CHECKPOINT.reset(token)
+
+
+def strings(value: Any) -> set[str]:
+    """Every string inside ``value`` (a dict, list or scalar of init arguments)."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return set().union(*(strings(v) for v in value.values()))
+    if isinstance(value, list | tuple):
+        return set().union(*(strings(v) for v in value))
+    return set()
 
 
 def checkpoint_path(value: str, what: str) -> str:
@@ -78,7 +97,7 @@ def checkpoint_path(value: str, what: str) -> str:
     ``/etc``, at a home folder, or at a file planted beside it with ``../``.
     """
     root = _CHECKPOINT.get()
-    if root is None:
+    if root is None or value in _TRUSTED.get():
         return value
     path = (root / value).resolve()
     if not path.is_relative_to(root):
@@ -102,7 +121,7 @@ def checkpoint_source(value: str, what: str) -> str:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     root = _CHECKPOINT.get()
-    if root is None:
+    if root is None or value in _TRUSTED.get():
         return value
     inside = Path(checkpoint_path(value, what))  # refuses a path that leaves the folder
     if inside.exists():
@@ -126,7 +145,7 @@ def timm_name(name: str, spec: str) -> str:
 
 def _weights_file(tag: str, spec: str) -> str:
     """An open_clip tag it does not know, which it opens as a file when one exists at that path."""
-    if _CHECKPOINT.get() is None:
+    if _CHECKPOINT.get() is None or tag in _TRUSTED.get():
         return tag
     inside = checkpoint_path(tag, f"encoder {spec!r}: weights file")  # refuses a path that leaves the folder
     if Path(inside).is_file():

@@ -424,11 +424,14 @@ def seeded(seed: int = 0) -> Iterator[None]:
         yield
 
 
-def load_folder(directory: str | Path, expect: type | None = None, **overrides: Any) -> ZooModule:
+def load_folder(directory: str | Path, expect: type | None = None, *, trusted: Any = None,
+                **overrides: Any) -> ZooModule:
     """Build the method a ``save_pretrained`` folder describes and load its weights strictly.
 
-    ``overrides`` replace init arguments of ``config.json`` (e.g. another fine-tuned model); they are
-    checked like the file's own.
+    ``overrides`` replace init arguments of ``config.json`` (e.g. another fine-tuned model); their names and
+    types are checked like the file's own, and a path among them, named by the caller, may lie outside the
+    folder. ``trusted``: init arguments of the caller's own config (a benchmark reloading the export of a job
+    it fitted), whose paths may do the same.
     """
     directory = Path(directory)
     config = read_config(directory / CONFIG_NAME)
@@ -441,7 +444,7 @@ def load_folder(directory: str | Path, expect: type | None = None, **overrides: 
                        f"{WEIGHTS_NAME}")
     state = read_weights(weights)
     # a path the config names (an encoder's weights file, a local-dir:) must lie inside this folder
-    with backbones.from_checkpoint(directory):
+    with backbones.from_checkpoint(directory, trusted=backbones.strings([overrides, trusted or {}])):
         model = build_method(config, str(directory / CONFIG_NAME), expect=expect)
         load_checkpoint_state(model, state, str(weights))
     return model.eval()

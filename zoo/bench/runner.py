@@ -311,7 +311,8 @@ def _execute(job: Job, job_dir: Path, progress: Any, progress_task: Any) -> dict
         splits_used = set(used)
         if not export.is_dir():
             raise ZooError(f"{job.id}: no exported checkpoint at {export} after fit")
-        tested = load_folder(export)  # the numbers are those of the shipped checkpoint
+        # the numbers are those of the shipped checkpoint; its paths (a local diffusion model) are the job's own
+        tested = load_folder(export, trusted=config.get("model", {}).get("init_args", {}))
         start = time.perf_counter()
         out = trainer.test(tested, datamodule=data, verbose=False)
         test_s = time.perf_counter() - start
