@@ -525,3 +525,17 @@ def test_cgidm_folders_the_user_names_may_lie_anywhere(cgidm, tmp_path):
     other = str(shutil.copytree(pipe, tmp_path / "other"))
     with pytest.raises(ZooError, match="is outside the checkpoint folder"):
         load_folder(folder, finetuned=other)  # the pretrained folder is still the file's, and refused
+
+
+def test_a_generator_folder_the_user_names_may_lie_anywhere(inversion, tmp_path):
+    """``mini-decoder:/models/x`` named by the caller: the folder after the prefix is the user's word."""
+    from zoo_inversion_attribution.generators import MiniDecoder, save_mini_decoder
+
+    from zoo.module import load_folder
+
+    outside = save_mini_decoder(MiniDecoder(4, 8), tmp_path / "outside")
+    folder = _method_checkpoint(inversion, tmp_path, generator=f"mini-decoder:{outside}")
+    with pytest.raises(ZooError, match="is outside the checkpoint folder"):
+        load_folder(folder)
+    assert load_folder(folder, trusted={"generator": f"mini-decoder:{outside}"}) is not None
+    assert load_folder(folder, generator=f"mini-decoder:{outside}") is not None

@@ -79,9 +79,10 @@ def from_checkpoint(folder: str | Path, trusted: Iterable[str] = ()) -> Iterator
 
 
 def strings(value: Any) -> set[str]:
-    """Every string inside ``value`` (a dict, list or scalar of init arguments)."""
+    """Every string inside ``value`` (a dict, list or scalar of init arguments), and the part after a
+    ``kind:`` prefix (``diffusers:/models/sd15`` names the folder ``/models/sd15``)."""
     if isinstance(value, str):
-        return {value}
+        return {value, value.partition(":")[2]} - {""}
     if isinstance(value, dict):
         return set().union(*(strings(v) for v in value.values()))
     if isinstance(value, list | tuple):
