@@ -113,16 +113,9 @@ def known_checkpoints(path: str | Path | None = None) -> dict[str, Pretrained]:
     files = [Path(path)] if path is not None else [REGISTRY_FILE]
     if path is None and os.environ.get(REGISTRY_ENV):
         files.append(Path(os.environ[REGISTRY_ENV]))
-    from zoo.module import read_json
-
     found: dict[str, Pretrained] = {}
     for file in files:
-        try:
-            entries = read_json(file)
-        except ZooError as err:
-            raise ZooError(f"registry of pretrained checkpoints: {err}") from err
-        if not isinstance(entries, dict):
-            raise ZooError(f"registry of pretrained checkpoints {file} must be a JSON object of name -> entry")
+        entries = _json_object(file, "registry of pretrained checkpoints", "must be a JSON object of name -> entry")
         for name, entry in entries.items():
             found[name] = _entry(file, name, entry)
     return found
@@ -606,16 +599,22 @@ def _number(value: Any, key: str, where: str = "") -> float:
     return number
 
 
-def read_metrics(path: Path) -> dict[str, float]:
-    """A ``--metrics`` JSON file: an object of metric name -> finite number."""
+def _json_object(path: Path, what: str, shape: str) -> dict[str, Any]:
+    """The JSON object in ``path``; anything else is one ZooError that names ``what`` and the file."""
     from zoo.module import read_json
 
     try:
-        metrics = read_json(path)
+        data = read_json(path)
     except ZooError as err:
-        raise ZooError(f"--metrics: {err}") from err
-    if not isinstance(metrics, dict):
-        raise ZooError(f"--metrics {path} must hold a JSON object of metric name -> number")
+        raise ZooError(f"{what}: {err}") from err
+    if not isinstance(data, dict):
+        raise ZooError(f"{what} {path} {shape}")
+    return data
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """A ``--metrics`` JSON file: an object of metric name -> finite number."""
+    metrics = _json_object(path, "--metrics", "must hold a JSON object of metric name -> number")
     return {key: _number(value, key, f"--metrics {path}") for key, value in metrics.items()}
 
 
