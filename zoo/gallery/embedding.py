@@ -244,6 +244,10 @@ def embed(gallery: str | Path, output: str | Path, method: Any, *, shard_size: i
             pl_trainer.predict(_Embedder(method), datamodule=data, return_predictions=False)
         except ZooError as err:
             raise _one_line(err) from None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every rank's shards are written before the manifest says complete
+        # a teardown of our own: left to the interpreter's exit, gloo's threads can abort a rank (SIGABRT)
+        torch.distributed.destroy_process_group()
     if pl_trainer.is_global_zero:
         # here, not in the writer's on_predict_end: Lightning skips the predict loop and its hooks when every
         # shard was already done, which left the rewritten manifest incomplete
