@@ -65,13 +65,18 @@ def test_a_nested_class_path_in_config_json_is_refused(command, tiny, tmp_path, 
     assert not marker.exists()
 
 
+def _upload(hub, repo_id: str, folder) -> None:
+    """A checkpoint folder committed to the local test Hub, as someone would push it."""
+    hub.add_commit("model", repo_id, "main",
+                   {name: (folder / name).read_bytes() for name in (CONFIG_NAME, WEIGHTS_NAME)}, "upload")
+
+
 def test_a_poisoned_checkpoint_on_the_hub_is_refused(tiny, tmp_path, capsys, request):
     hub = request.getfixturevalue("server")
     request.getfixturevalue("online")
     marker = tmp_path / "pwned"
     folder = poisoned_copy(tiny, tmp_path, marker)
-    hub.add_commit("model", "someone/poisoned", "main",
-                      {name: (folder / name).read_bytes() for name in (CONFIG_NAME, WEIGHTS_NAME)}, "upload")
+    _upload(hub, "someone/poisoned", folder)
     (tmp_path / "a.png").write_bytes(b"")
     assert main(["predict", "--ckpt_path", "hf-hub:someone/poisoned", "--inputs", str(tmp_path / "a.png"),
                  str(tmp_path / "a.png"), "--output", str(tmp_path / "p.csv")]) == 2
@@ -268,8 +273,7 @@ def test_model_kwargs_from_the_hub_cannot_reach_the_library(tiny, tmp_path, caps
     request.getfixturevalue("online")
     marker = tmp_path / "pwned"
     folder = _kwargs_payload(tiny, tmp_path, marker)
-    hub.add_commit("model", "someone/kwargs", "main",
-                   {name: (folder / name).read_bytes() for name in (CONFIG_NAME, WEIGHTS_NAME)}, "upload")
+    _upload(hub, "someone/kwargs", folder)
     main(["download", "hf-hub:someone/kwargs"])
     capsys.readouterr()
     with pytest.raises(ZooError, match="'pretrained_image_path' is not among"):
