@@ -126,7 +126,7 @@ def test_fit_exports_the_best_checkpoint_not_the_last_epoch(tmp_path):
     from safetensors.torch import load_file
 
     from zoo import registry
-    from zoo.lightning_cli import ExportOnFitEnd
+    from zoo.cli.lightning import ExportOnFitEnd
     from zoo.module import read_weights_only
 
     class FirstEpochIsBest(pl.Callback):

@@ -26,7 +26,7 @@ def _parser(prog: str, description: str | None, trainer: bool = False) -> Any:
 def _parse(parser: Any, argv: list[str]) -> Any:
     from jsonargparse import ArgumentError
 
-    from zoo.lightning_cli import parse_error
+    from zoo.cli.lightning import parse_error
 
     try:
         return parser.parse_args(argv)

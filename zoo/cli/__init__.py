@@ -1,6 +1,6 @@
 """The ``zoo`` command.
 
-``zoo fit|validate|test`` are LightningCLI's subcommands (``zoo.lightning_cli``). ``zoo predict`` scores a
+``zoo fit|validate|test`` are LightningCLI's subcommands (``zoo.cli.lightning``). ``zoo predict`` scores a
 user's own files (``zoo.predict``). The other subcommands are plain commands, imported only when run, so
 that ``zoo --help`` answers at once and the library modules know nothing of the CLI.
 """
@@ -47,7 +47,7 @@ def _quiet() -> None:
 def __getattr__(name: str) -> Any:
     # LightningCLI is imported only by the subcommands that use it
     if name in ("ZooCLI", "ExportOnFitEnd", "prepare_args"):
-        from zoo import lightning_cli
+        from zoo.cli import lightning as lightning_cli
 
         return getattr(lightning_cli, name)
     raise AttributeError(name)
@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[0] in COMMANDS:
             return _command(argv[0])(argv[1:]) or 0
-        from zoo.lightning_cli import ZooCLI
+        from zoo.cli.lightning import ZooCLI
 
         ZooCLI(argv)
     except ZooError as err:
