@@ -210,6 +210,3 @@ def _message(err: ZooError) -> str:
         return text[text.rindex(marker) + len(marker):].strip() if marker in text else text.splitlines()[-1]
     return text
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
