@@ -109,7 +109,7 @@ def test_zoo_list_imports_no_plugin_module_and_no_backend():
 
 
 def test_every_shipped_manifest_agrees_with_its_classes():
-    """A manifest cannot drift: each built-in entry is listed, and as its class says (python -m zoo.registry)."""
+    """A manifest cannot drift: each built-in entry is listed, and as its class says (python -m zoo.cli.manifest)."""
     for reg in (registry.methods, registry.datamodules):
         for name, entry in reg.entries.items():
             if entry.dist != "provenance-zoo":
@@ -117,7 +117,7 @@ def test_every_shipped_manifest_agrees_with_its_classes():
             manifest = registry._manifest(entry.value.partition(":")[0])
             assert name in manifest.get(reg.group, {}), f"{name} is in no {registry.MANIFEST}"
             assert manifest[reg.group][name] == reg.summary(name, reg.load(name)), (
-                f"{registry.MANIFEST} of {name} disagrees with its class: run python -m zoo.registry <package>")
+                f"{registry.MANIFEST} of {name} disagrees with its class: run python -m zoo.cli.manifest <package>")
 
 
 def test_an_entry_no_manifest_describes_is_imported_and_a_stale_one_is_not_trusted(installed):

@@ -6,7 +6,7 @@ imported when asked for, so listing names never imports a backend.
 
 What ``zoo list`` prints of an entry (task, variants, paper, one line of doc) comes from the manifest
 ``zoo_plugin.json`` that a plugin package ships beside its ``__init__.py``, so that listing imports no
-plugin; an entry that no manifest describes is imported instead. ``python -m zoo.registry PACKAGE...``
+plugin; an entry that no manifest describes is imported instead. ``python -m zoo.cli.manifest PACKAGE...``
 writes a package's manifest from its classes (a test checks that every shipped manifest agrees with them).
 
 Example:
@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import importlib
 import importlib.util
@@ -201,14 +200,3 @@ def load_method(name: str) -> type:
     """Shorthand for ``methods.load(name)``."""
     return methods.load(name)
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m zoo.registry",
-                                     description="Write the zoo_plugin.json manifest of plugin packages.")
-    parser.add_argument("packages", nargs="+", help="e.g. zoo_cgi_dm zoo.data")
-    for package in parser.parse_args(argv).packages:
-        print(write_manifest(package))
-
-
-if __name__ == "__main__":
-    main()
