@@ -31,6 +31,9 @@ from zoo.tasks.metrics import best_accuracy_threshold
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
+VAL_SCORE_QUANTILES = 33  # the stored validation score distributions: min, every 1/32 of the way, max
+# state a checkpoint written before it existed lacks: loaded when present, left at its empty default when not
+OPTIONAL_STATE_KEYS = frozenset({"val_score_counts", "val_score_quantiles"})
 
 
 class ZooModule(pl.LightningModule):
@@ -71,6 +74,12 @@ class ZooModule(pl.LightningModule):
         self.metrics = torch.nn.ModuleDict({"val": spec.make_metrics(), "test": spec.make_metrics()})
         if spec.binary:
             self.register_buffer("threshold", torch.tensor(float(self.default_threshold)))
+        if spec.binary and self.calibrates_threshold:
+            # the validation scores the threshold was calibrated on, kept so that a reader (zoo serve's page)
+            # can draw a score against them: per class (row 0 = label 0), the count and the scores at
+            # VAL_SCORE_QUANTILES evenly spaced quantiles; a count of 0 means not stored (an older checkpoint)
+            self.register_buffer("val_score_counts", torch.zeros(2))
+            self.register_buffer("val_score_quantiles", torch.zeros(2, VAL_SCORE_QUANTILES))
         self._val_scores: list[Tensor] = []
         self._val_labels: list[Tensor] = []
         # where pictures a method shows its users go outside a Lightning run (``artifact_dir``)
@@ -341,6 +350,11 @@ class ZooModule(pl.LightningModule):
             scores, labels = torch.cat(self._val_scores), torch.cat(self._val_labels)
             if labels.min() != labels.max():
                 self.threshold.fill_(self.calibrate_threshold(scores, labels))
+                levels = torch.linspace(0, 1, VAL_SCORE_QUANTILES)
+                for label in (0, 1):
+                    mine = scores[labels == label].double()
+                    self.val_score_counts[label] = len(mine)
+                    self.val_score_quantiles[label] = torch.quantile(mine, levels.double()).float()
         self._val_scores.clear()
         self._val_labels.clear()
         self._log_metrics("val")
@@ -451,9 +465,10 @@ def load_folder(directory: str | Path, expect: type | None = None, *, trusted: A
 
 
 def load_checkpoint_state(model: ZooModule, state: Mapping[str, Tensor], source: str) -> None:
-    """Load a checkpoint's ``state`` strictly; frozen reference weights it leaves out come from their pin."""
+    """Load a checkpoint's ``state`` strictly; frozen reference weights it leaves out come from their pin, and
+    ``OPTIONAL_STATE_KEYS`` it leaves out (written before they existed) stay at their empty defaults."""
     reference = model.reference_state_keys()
-    load_state(model, state, source, reference=reference)
+    load_state(model, state, source, reference=reference | (OPTIONAL_STATE_KEYS & set(model.state_dict())))
     if reference - set(state):
         model.load_reference_weights()
 
