@@ -19,8 +19,8 @@ import yaml
 from PIL import Image
 
 from zoo import registry
-from zoo.bench import cmd_benchmark
 from zoo.bench.suite import load_suite, parse_suite
+from zoo.cli.benchmark import cmd_benchmark
 from zoo.errors import ZooError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,11 +62,9 @@ class PixelDistance(ZooModule):
         distance = (batch["generated"] - batch["real"]).abs().mean(dim=(1, 2, 3))
         return {"level": (5 * (1 - 4 * distance)).clamp(0, 5)}
 '''
-ENTRY_POINTS = """[zoo.methods]
-EdgeEnergy = zoo_bench_fixture:EdgeEnergy
-PixelDistance = zoo_bench_fixture:PixelDistance
-BrokenMethod = zoo_bench_broken:BrokenMethod
-"""
+MANIFEST = {"zoo.methods": {"EdgeEnergy": {"class": "zoo_bench_fixture:EdgeEnergy"},
+                            "PixelDistance": {"class": "zoo_bench_fixture:PixelDistance"},
+                            "BrokenMethod": {"class": "zoo_bench_broken:BrokenMethod"}}}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +82,10 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     info = site / "zoo_bench_fixture-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-bench-fixture\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+    (info / "entry_points.txt").write_text("[zoo.plugins]\nzoo_bench_plugin = zoo_bench_plugin\n")
+    (site / "zoo_bench_plugin").mkdir()
+    (site / "zoo_bench_plugin" / "__init__.py").write_text("")
+    (site / "zoo_bench_plugin" / "zoo_plugin.json").write_text(json.dumps(MANIFEST))
     return site
 
 
@@ -428,18 +429,28 @@ def test_perf_run_all_writes_one_table(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ packaging
-def test_every_package_ships_and_the_suites_and_configs_ship_inside_zoo():
-    """pyproject.toml lists its packages: a new one left out would be missing from the wheel."""
+def test_every_plugin_is_one_folder_and_one_entry_point_line_and_the_suites_and_configs_ship_inside_zoo():
+    """pyproject.toml finds every package itself: a plugin costs its folder and its one zoo.plugins line."""
     import tomllib
 
-    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    listed, dirs = set(tool["packages"]), tool["package-dir"]
+    from setuptools import find_namespace_packages
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    tool = project["tool"]["setuptools"]
+    assert "packages" not in tool, "list no packages by hand: [tool.setuptools.packages.find] finds them"
+    find = tool["packages"]["find"]
+    found = {name for where in find["where"]
+             for name in find_namespace_packages(str(ROOT / where), include=find["include"])}
     for init in [*ROOT.glob("zoo/**/*.py"), *ROOT.glob("zoo/**/*.json"), *ROOT.glob("plugins/*/**/*.py")]:
         folder = init.parent.relative_to(ROOT)
         name = ".".join(folder.parts[1:]) if folder.parts[0] == "plugins" else ".".join(folder.parts)
-        assert name in listed, f"{folder} is not in [tool.setuptools] packages of pyproject.toml"
-        assert folder.parts[0] != "plugins" or dirs[name.split(".")[0]] == "plugins/" + folder.parts[1]
-    assert dirs["zoo.suites"] == "benchmarks" and dirs["zoo.configs"] == "configs"
+        assert name in found, f"{folder} is not found by [tool.setuptools.packages.find] of pyproject.toml"
+    plugins = project["project"]["entry-points"]["zoo.plugins"]
+    folders = {path.name for path in (ROOT / "plugins").iterdir() if path.is_dir() and path.name != "__pycache__"}
+    assert plugins == {"zoo": "zoo", **{name: name for name in folders}}, "each plugin has one zoo.plugins line"
+    for name in ("zoo", *folders):
+        assert (ROOT / ("" if name == "zoo" else "plugins") / name / "zoo_plugin.json").is_file(), name
+    assert tool["package-dir"] == {"zoo.suites": "benchmarks", "zoo.configs": "configs"}
 
 
 def test_every_library_the_code_imports_is_declared_and_every_installed_requirement_is_pinned():
@@ -658,6 +669,8 @@ def test_report_metrics_match_the_tasks_and_intervals_cover_them():
 
     from zoo.bench import stats
     from zoo.tasks import get_task
+    from zoo.tasks.binary import array_scorer
+    from zoo.tasks.copy_detection import isotonic_levels, level_scorer
 
     rng = np.random.default_rng(3)
     n = 80
@@ -669,7 +682,7 @@ def test_report_metrics_match_the_tasks_and_intervals_cover_them():
     task.update(metrics, {"score": torch.tensor(score, dtype=torch.float32), "decision": torch.tensor(decision)},
                 {"label": torch.tensor(label)})
     expected = {k: float(v) for k, v in metrics.compute().items()}
-    scorer = stats.binary_scorer(score, decision, label)
+    scorer = array_scorer(score, decision, label)
     got = stats.point(scorer, n)
     assert got == pytest.approx({k: expected[k] for k in got}, abs=1e-6)
     true = rng.integers(0, 6, n)
@@ -678,20 +691,26 @@ def test_report_metrics_match_the_tasks_and_intervals_cover_them():
     metrics = task.make_metrics()
     task.update(metrics, {"level": torch.tensor(level, dtype=torch.float32)}, {"level": torch.tensor(true)})
     expected = {k: float(v) for k, v in metrics.compute().items()}
-    assert stats.point(stats.level_scorer(level, true), n) == pytest.approx(expected, abs=1e-5)
+    assert stats.point(level_scorer(level, true), n) == pytest.approx(expected, abs=1e-5)
     # the interval holds the estimate, and narrows with four times the test samples
     ci = stats.bootstrap_ci([scorer] * 3, [n] * 3, shared=True)
     assert ci["auroc"][0] < got["auroc"] < ci["auroc"][1]
-    big = stats.binary_scorer(np.tile(score, 4), np.tile(decision, 4), np.tile(label, 4))
+    big = array_scorer(np.tile(score, 4), np.tile(decision, 4), np.tile(label, 4))
     wide = stats.bootstrap_ci([big] * 3, [4 * n] * 3, shared=True)["auroc"]
     assert wide[1] - wide[0] < 0.7 * (ci["auroc"][1] - ci["auroc"][0])
     # the isotonic map fitted on train is monotone, in [0, 5], and reproduces a monotone relation
-    mapped = stats.isotonic_levels([0.1, 0.2, 0.3, 0.9], [0, 1, 4, 5], [0.0, 0.25, 0.95])
+    mapped = isotonic_levels([0.1, 0.2, 0.3, 0.9], [0, 1, 4, 5], [0.0, 0.25, 0.95])
     assert list(mapped) == pytest.approx([0.0, 2.5, 5.0])
 
 
 def test_bold_marks_one_best_value_above_chance_only():
-    from zoo.bench.report import CHANCE, _best
+    from dataclasses import replace
+
+    from zoo.bench.report.tables import CHANCE, _best
+    from zoo.tasks import get_task
+
+    # the task says which metric is lower-better and on how few negatives a metric is unreliable
+    task = replace(get_task("fake_detection"), lower_is_better=frozenset({"rd"}))
 
     def row(label, kind="method", negatives=500, **metrics):
         return {"setting": "s", "label": label, "kind": kind, "negatives": negatives,
@@ -700,12 +719,12 @@ def test_bold_marks_one_best_value_above_chance_only():
     rows = [row("a", acc=0.667, auroc=0.81, rd=0.2, tpr_at_1fpr=0.3), row("b", acc=0.6, auroc=0.81, rd=0.1,
                                                                            tpr_at_1fpr=0.2),
             row(CHANCE, kind=CHANCE, acc=0.667, auroc=0.5, tpr_at_1fpr=0.01)]
-    best = _best(rows, ["acc", "auroc", "rd", "tpr_at_1fpr"])
+    best = _best(rows, ["acc", "auroc", "rd", "tpr_at_1fpr"], task)
     # acc equal to the majority rate and a tie on auroc are not bold; the lower rd and the higher TPR are
     assert best == {("s", "b", "rd"), ("s", "a", "tpr_at_1fpr")}
     for r in rows:
         r["negatives"] = 40  # too few negatives for a TPR at 1% FPR
-    assert ("s", "a", "tpr_at_1fpr") not in _best(rows, ["tpr_at_1fpr"])
+    assert ("s", "a", "tpr_at_1fpr") not in _best(rows, ["tpr_at_1fpr"], task)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -727,6 +746,7 @@ def test_rows_at_chance_are_listed_with_the_suites_note(tmp_path, monkeypatch, c
 
     from zoo.bench import runner, stats
     from zoo.bench.report import AT_CHANCE, NO_NOTE
+    from zoo.tasks.binary import array_scorer
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 30)
@@ -738,7 +758,7 @@ def test_rows_at_chance_are_listed_with_the_suites_note(tmp_path, monkeypatch, c
                 for i, (v, y) in enumerate(zip(score, labels, strict=True))]
         results.append(_fake_job(out, f"fake_detection--{label}-s0", "fake_detection", label, rows))
         # the metrics the job logged: the same as the predictions give
-        results[-1]["metrics"] = stats.point(stats.binary_scorer(score, score > 0.5, labels), len(labels))
+        results[-1]["metrics"] = stats.point(array_scorer(score, score > 0.5, labels), len(labels))
     # the suite's notes reach the report: the jobs' results stand in for a run
     suite = _write_suite(tmp_path / "synthetic.yaml", {
         "name": "synthetic", "tasks": {"fake_detection": {"data": "MiniFakeDetection", "methods": ["CNNDetector"]}},
@@ -822,6 +842,7 @@ def test_each_negative_source_gets_its_own_interval(tmp_path):
 
     from zoo.bench import stats
     from zoo.bench.report import write_report
+    from zoo.tasks.binary import array_scorer
 
     rng = np.random.default_rng(1)
     out = tmp_path / "report"
@@ -831,10 +852,10 @@ def test_each_negative_source_gets_its_own_interval(tmp_path):
     rows = [{"score": f"{v:.4f}", "decision": int(v > 1), "id": f"{s}{i}.png", "true_label": int(y), "source": s}
             for i, (v, y, s) in enumerate(zip(score, labels, sources, strict=True))]
     result = _fake_job(out, "attribution--Inv-tiny-s0", "attribution", "Inv-tiny", rows)
-    result["metrics"] = stats.point(stats.binary_scorer(score, score > 1, labels), len(labels))
+    result["metrics"] = stats.point(array_scorer(score, score > 1, labels), len(labels))
     for source in ("sibling", "lookalike"):
         keep = (labels == 1) | (np.array(sources) == source)
-        logged = stats.point(stats.binary_scorer(score[keep], score[keep] > 1, labels[keep]), int(keep.sum()))
+        logged = stats.point(array_scorer(score[keep], score[keep] > 1, labels[keep]), int(keep.sum()))
         result["metrics"].update({f"{source}/auroc": logged["auroc"], f"{source}/acc": logged["acc"],
                                   f"{source}/auroc_raw": logged["auroc"]})
     write_report([result], out, "synthetic")

@@ -18,4 +18,8 @@ TASK = binary_task(
         "loss": Field(torch.float32, ("B",), "the reconstruction loss of the inverted input", required=False),
         "p_value": Field(torch.float32, ("B",), "p-value of the belonging test", required=False),
     },
+    glossary={
+        "auroc_raw": ("AUROC of the method's raw score (overall, and against one negative source)", "higher"),
+        "auroc_calibrated": ("AUROC of the method's calibrated score", "higher"),
+    },
 )

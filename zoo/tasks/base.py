@@ -1,11 +1,17 @@
-"""What every task defines: fields of a batch, fields of a prediction, and a metric collection."""
+"""What every task defines: its batch and prediction schema, its metrics, and how the harness shows them.
+
+The harness (``zoo predict``, the benchmark runner and report, the Hub card) dispatches through a task and
+names none: everything task-specific is a field of ``Task``. A third party's task is a ``Task`` instance
+registered like a method; ``binary_task`` (``zoo.tasks.binary``) builds the common image-in, score-out kind.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torchmetrics import MetricCollection
 
@@ -54,9 +60,28 @@ class Field:
         return n
 
 
+# a job's written predictions, as the report reads them back: one dict of strings per sample
+PredictionRows = list[dict[str, str]]
+# the metrics of bootstrap resamples given as index rows (R, n) -> {metric: (R,) values}
+Scorer = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A row the report derives from a method's predictions (copy detection's ``· raw``, ``· iso(train)``).
+
+    ``scorers``: one per seed, over the seed's test predictions; ``labels_used``: every label the derived row
+    used before the test (None: unknown).
+    """
+
+    suffix: str
+    scorers: list[Scorer]
+    labels_used: int | None
+
+
 @dataclass(frozen=True)
 class Task:
-    """A task: its batch contract, prediction schema and metrics."""
+    """A task: its batch contract, prediction schema and metrics, and how the harness shows them."""
 
     name: str
     question: str
@@ -74,6 +99,41 @@ class Task:
     mini_datamodule: str = ""
     # what the task adds to every method's prediction from the batch, in place (copy detection: exact copies)
     complete: Callable[[Mapping[str, Any], dict[str, Any]], None] | None = None
+    # what ``zoo predict`` reads per input: "images" (--inputs) or "pairs" (--pairs, or two --inputs)
+    inputs: str = "images"
+    # metrics where a lower value is better, and columns that are settings (a threshold), never ranked
+    lower_is_better: frozenset[str] = frozenset()
+    not_ranked: frozenset[str] = frozenset()
+    # metric -> fewest test negatives it can be read on (fewer: marked unreliable and never bold)
+    min_negatives: Mapping[str, int] = field(default_factory=dict)
+    # metric -> (meaning, "higher" / "lower" / "none"): the report's glossary
+    glossary: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # the scorer of the report's bootstrap intervals, from a job's prediction rows (None: too few columns)
+    scorer: Callable[[PredictionRows], Scorer | None] | None = None
+    # what chance gets on a test split: metric values and the number of negatives (None: not a binary split)
+    chance: Callable[[PredictionRows], tuple[dict[str, float], int | None] | None] | None = None
+    # the report's rows derived from a method's test predictions and (reader) its training-split predictions
+    derived: Callable[[Sequence[Mapping[str, Any]], Sequence[PredictionRows],
+                       Callable[[Mapping[str, Any]], PredictionRows]], list[Derived]] | None = None
+    # the benchmark writes each job's predictions on the training split too (for ``derived``)
+    train_predictions: bool = False
+    # the report's plots of a setting: "roc" (score against true_label) and/or "levels" (level against true_level)
+    plots: tuple[str, ...] = ()
+    # one-line notes the report's "How to read the tables" adds for this task
+    report_notes: tuple[str, ...] = ()
+    # the score is a logit: thresholds are shown as a probability, the logit beside it (``threshold_logit``)
+    score_is_logit: bool = False
+    # the Hugging Face Hub's pipeline tag of the model card (None: no tag fits)
+    pipeline_tag: str | None = None
+    # ``zoo predict``'s rows: turns the prediction's columns (one list per field) into readable ones, in place
+    readable: Callable[[Any, Mapping[str, Any], dict[str, list[Any]], int], None] | None = None
+    # the output columns that come first, in this order; the others follow in the prediction's order
+    first_columns: tuple[str, ...] = ()
+
+    @property
+    def label_names(self) -> dict[str, str]:
+        """A binary task's true label and decision as words ({"1": positive, "0": negative}); {} otherwise."""
+        return {"1": self.positive, "0": self.negative} if self.binary else {}
 
     def check(self, fields: Mapping[str, Field], values: Mapping[str, Any], where: str, labelled: bool = True) -> None:
         size = None

@@ -23,20 +23,28 @@ Metrics (D-Rep protocol of ICDiff, plus the ISC2021 µAP):
     rd     relative deviation, mean |predicted - true| level / 5
     muap   micro average precision of "level >= 3" ranked by the predicted level, ties pessimistic
     auroc  AUROC of "level >= 3" scored by the predicted level
+
+``zoo predict`` reads pairs; its rows: level (the method's point prediction; 5 for an exact copy), exact_copy,
+level_argmax and level_expected (read from the six-level PDF; 5 for an exact copy), pdf_0 .. pdf_5 and
+similarity, where the method gives them. The benchmark report adds like-for-like rows (``derived``): the raw
+similarity as a level, and one isotonic map from score to level fitted on the training split's predictions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import MeanAbsoluteError, MetricCollection, PearsonCorrCoef
 from torchmetrics.classification import BinaryAUROC
 
-from zoo.tasks.base import Field, Task
+from zoo.tasks.base import Derived, Field, PredictionRows, Scorer, Task
 from zoo.tasks.metrics import MicroAveragePrecision
+from zoo.tasks.numpy_metrics import auroc, column, micro_ap, pearson
 
 NUM_LEVELS = 6
 MAX_LEVEL = NUM_LEVELS - 1
@@ -99,6 +107,99 @@ def update(metrics: MetricCollection, prediction: Mapping[str, Any], batch: Mapp
     metrics["auroc"].update(pred, (batch["level"] >= COPY_FROM_LEVEL).long())
 
 
+def level_scorer(level: Sequence[float], true_level: Sequence[float]) -> Scorer:
+    """The task's metrics (pcc, rd, muap, auroc) of resamples given as index rows."""
+    pred = np.clip(np.asarray(level, float), 0, MAX_LEVEL) / MAX_LEVEL
+    true = np.asarray(true_level, float) / MAX_LEVEL
+
+    def scorer(idx: np.ndarray) -> dict[str, np.ndarray]:
+        p, t = pred[idx], true[idx]
+        copy = t >= COPY_FROM_LEVEL / MAX_LEVEL - 1e-9
+        return {"pcc": pearson(p, t), "rd": np.abs(p - t).mean(1), "muap": micro_ap(p, copy), "auroc": auroc(p, copy)}
+
+    return scorer
+
+
+def scorer(rows: PredictionRows) -> Scorer | None:
+    """The scorer of a job's prediction rows, when they hold a level and a true level."""
+    level, true = column(rows, "level"), column(rows, "true_level")
+    return None if level is None or true is None else level_scorer(level, true)
+
+
+def chance(rows: PredictionRows) -> tuple[dict[str, float], int | None] | None:
+    """A random ranking, and for ``rd`` the best constant level (the test median)."""
+    true = column(rows, "true_level")
+    if not true:
+        return None
+    median = float(np.median(true))
+    return {"pcc": 0.0, "rd": statistics.fmean(abs(t - median) for t in true) / MAX_LEVEL,
+            "muap": statistics.fmean(t >= COPY_FROM_LEVEL for t in true), "auroc": 0.5}, None
+
+
+def isotonic_levels(train_score: Sequence[float], train_level: Sequence[float],
+                    test_score: Sequence[float]) -> np.ndarray:
+    """Levels of the test scores by an isotonic map from score to level fitted on the training pairs."""
+    from sklearn.isotonic import IsotonicRegression
+
+    regression = IsotonicRegression(y_min=0.0, y_max=MAX_LEVEL, increasing=True, out_of_bounds="clip")
+    regression.fit(np.asarray(train_score, float), np.asarray(train_level, float))
+    return regression.predict(np.asarray(test_score, float))
+
+
+def derived(runs: Sequence[Mapping[str, Any]], preds: Sequence[PredictionRows],
+            train_of: Callable[[Mapping[str, Any]], PredictionRows]) -> list[Derived]:
+    """Like-for-like rows: the raw similarity, and the same isotonic map fitted on train."""
+    rows = []
+    raw = [column(p, "similarity") for p in preds]
+    true = [column(p, "true_level") for p in preds]
+    if all(r is not None for r in raw) and all(t is not None for t in true):
+        # the unfitted map uses no label: only the labels of the descriptor's training, if it trained
+        rows.append(Derived("raw", [level_scorer(MAX_LEVEL * np.clip(r, 0, 1), t) for r, t in zip(raw, true, strict=True)],
+                            runs[0].get("train_size") if runs[0].get("trains") else 0))
+    scorers, train_size = [], None
+    for run, p in zip(runs, preds, strict=True):
+        train = train_of(run)
+        key = "similarity" if "similarity" in (train[0] if train else {}) else "level"
+        train_score, train_true, test_score = column(train, key), column(train, "true_level"), column(p, key)
+        test_true = column(p, "true_level")
+        if train_score is None or train_true is None or test_score is None or test_true is None:
+            return rows
+        scorers.append(level_scorer(isotonic_levels(train_score, train_true, test_score), test_true))
+        train_size = max(run.get("train_size") or 0, len(train))
+    rows.append(Derived("iso(train)", scorers, train_size))
+    return rows
+
+
+def readable(model: Any, pred: Mapping[str, Any], columns: dict[str, list[Any]], size: int) -> None:
+    """``level_argmax`` and ``level_expected`` read from the PDF, where the method gives one."""
+    if "pdf" not in pred:
+        return
+    pdf = pred["pdf"].detach().float().cpu()
+    argmax = pdf.argmax(dim=1)
+    expected = pdf @ torch.arange(pdf.shape[1], dtype=pdf.dtype)
+    if "exact_copy" in pred:  # the same pixels (the task's rule) are level 5 whatever the PDF says
+        exact = pred["exact_copy"].detach().cpu().bool()
+        argmax = torch.where(exact, torch.full_like(argmax, MAX_LEVEL), argmax)
+        expected = torch.where(exact, torch.full_like(expected, MAX_LEVEL), expected)
+    columns["level_argmax"] = argmax.tolist()
+    columns["level_expected"] = expected.tolist()
+
+
+GLOSSARY = {
+    "auroc": ("area under the ROC curve of the score: the chance that a random positive outranks a random "
+              "negative; 0.5 is chance. For copy detection: of 'level >= 3' ranked by the predicted level", "higher"),
+    "pcc": ("Pearson correlation of the predicted and true replication level", "higher"),
+    "rd": ("relative deviation: mean |predicted - true| level / 5", "lower"),
+    "muap": ("micro average precision of 'level >= 3' ranked by the predicted level, ties ranked "
+             "pessimistically (ISC2021)", "higher"),
+}
+REPORT_NOTE = (
+    "Copy detection, like for like: each method's row is what it ships. `· raw` is the raw similarity "
+    "of a method that outputs one, as the level 5 × clamp(similarity, 0, 1). `· iso(train)` is the same "
+    "isotonic map for every method, from its raw score (the similarity, or else the predicted level) to "
+    "the level, fitted on its predictions on the training split (scikit-learn `IsotonicRegression`); its "
+    "`labels used` includes those training labels.")
+
 TASK = Task(
     name="copy_detection",
     question="does this generated image replicate that real one, and how much?",
@@ -119,4 +220,16 @@ TASK = Task(
     primary_metric="pcc",
     mini_datamodule="MiniCopyDetection",
     complete=mark_exact_copies,
+    inputs="pairs",
+    lower_is_better=frozenset({"rd"}),
+    glossary=GLOSSARY,
+    scorer=scorer,
+    chance=chance,
+    derived=derived,
+    train_predictions=True,
+    plots=("levels",),
+    report_notes=(REPORT_NOTE,),
+    pipeline_tag="image-feature-extraction",
+    readable=readable,
+    first_columns=("level", "level_argmax", "level_expected", "similarity", "exact_copy"),
 )
