@@ -1,0 +1,115 @@
+"""What the server says about a model it serves: its flags, its card and the evidence a page draws a row on."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from zoo.errors import ZooError
+
+# what a score of each task does not establish, shown on every page beside the verdict
+NOT_MEANT = {
+    "fake_detection": "A probability generated is not proof that an image was generated: it is how much this "
+    "model's score resembles the generated images it was calibrated on. Images from other generators, edits "
+    "and recompression can move it either way.",
+    "copy_detection": "A replication level says how much of the real image this model finds in the generated "
+    "one. It is not a legal finding of copying; only an exact copy is a property of the pixels, every other "
+    "level is the model's reading.",
+    "copyright": "A membership score is evidence that the image was in the fine-tuning set, not proof of "
+    "infringement, and it says nothing about whether that use was licensed.",
+    "attribution": "A p-value is how unusual this image's loss would be for images the model itself generated. "
+    "A large p-value is not proof that the model made the image: other models' images can be as easy to "
+    "reconstruct.",
+}
+NOT_MEANT_ANY = "A score is evidence to weigh, not proof; measure the model on your own data before relying on it."
+
+
+@dataclass
+class Served:
+    """A loaded model and how it was asked for.
+
+    Args:
+        name: its name in the URLs (``/models/<name>``).
+        model: the ZooModule, loaded once.
+        variant: the named variant it was built from (``--model``/``--variant``), or None for a checkpoint.
+    """
+
+    name: str
+    model: Any
+    variant: str | None = None
+
+    @property
+    def pairs(self) -> bool:
+        return self.model.task_spec.name == "copy_detection"
+
+    def tiny(self) -> bool:
+        """A ``tiny`` variant, asked for by name or recognised by its arguments in a checkpoint."""
+        if self.variant is not None:
+            return self.variant == "tiny"
+        tiny = type(self.model).variants.get("tiny") or {}
+        args = self.model.zoo_config()["init_args"]
+        return bool(tiny) and all(args.get(k) == v for k, v in tiny.items())
+
+    def describe(self) -> dict[str, Any]:
+        """The model as ``GET /models`` lists it (JSON)."""
+        model, task = self.model, self.model.task_spec
+        cls = type(model)
+        return {
+            "name": self.name,
+            "method": cls.__name__,
+            "display_name": cls.display_name or cls.__name__,
+            "paper": cls.paper,
+            "task": task.name,
+            "question": task.question,
+            "inputs": ["generated", "real"] if self.pairs else ["images"],
+            "positive": task.positive or None,
+            "negative": task.negative or None,
+            "tiny": self.tiny(),
+            "untrained": bool(getattr(model, "untrained", False)),
+            "uncalibrated": not model.is_calibrated(),
+            "card": self.card(),
+            "not_meant": NOT_MEANT.get(task.name, NOT_MEANT_ANY),
+            "validation_scores": self.validation_scores(),
+        }
+
+    def card(self) -> str:
+        """The model card ``zoo publish`` would write (Markdown), or one line saying why there is none."""
+        from zoo import hub
+
+        model = self.model
+        threshold = None
+        if model.task_spec.binary and model.calibrates_threshold and model.is_calibrated():
+            threshold = float(model.threshold)
+        try:
+            return hub.model_card(model.zoo_config(), self.name, threshold=threshold)
+        except ZooError as err:
+            return f"(no card: {err})"
+
+    def validation_scores(self) -> dict[str, Any] | None:
+        """The validation score distributions stored at calibration, in the units of a row's ``score``.
+
+        None where the model keeps none (a method that does not calibrate a threshold, or a checkpoint
+        written before they were stored).
+        """
+        from zoo.predict import readable
+
+        model = self.model
+        counts = getattr(model, "val_score_counts", None)
+        if counts is None or float(counts.min()) <= 0:
+            return None
+        quantiles = model.val_score_quantiles.detach().cpu()
+        # the same conversion a row's score gets (a logit becomes a probability generated, say)
+        scores = [r["score"] for r in readable(model, {"score": quantiles.flatten()}, quantiles.numel())]
+        width = quantiles.shape[1]
+        task = model.task_spec
+        return {
+            "labels": [task.negative, task.positive],
+            "counts": [int(c) for c in counts.tolist()],
+            "quantile_levels": [k / (width - 1) for k in range(width)],
+            "quantiles": [[_finite(v) for v in scores[row * width:(row + 1) * width]] for row in range(2)],
+        }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
