@@ -17,9 +17,10 @@ from PIL import Image
 from test_hub import online, server  # noqa: F401 - the local Hub server and a client pointed at it
 
 from zoo import registry
+from zoo.checkpoint import CONFIG_NAME, WEIGHTS_NAME, convert_checkpoint
 from zoo.cli import main
 from zoo.errors import ZooError
-from zoo.module import CONFIG_NAME, WEIGHTS_NAME, ZooModule, convert_checkpoint
+from zoo.module import ZooModule
 
 
 def assert_one_error_line(err: str, *messages: str) -> None:
@@ -311,7 +312,12 @@ def test_the_encoder_vouches_for_its_kwargs_on_every_road():
     (lambda c: json.dumps("a string"), "must hold a JSON object with 'name' and 'init_args', not a string"),
     (lambda c: "3.5", "must hold a JSON object with 'name' and 'init_args', not a number"),
     (lambda c: json.dumps({**c, "init_args": [1]}), "'init_args' must be a JSON object, not an array"),
-    (lambda c: json.dumps({**c, "format_version": 99}), "format_version 99 is not one this zoo reads"),
+    (lambda c: json.dumps({**c, "format_version": 99}),
+     "was written by a newer provenance-zoo (format 99); this one reads up to 1: upgrade"),
+    (lambda c: json.dumps({**c, "format_version": "1"}), 'format_version "1" is not a format version'),
+    (lambda c: json.dumps({**c, "format_version": 1.5}), "format_version 1.5 is not a format version"),
+    (lambda c: json.dumps({**c, "format_version": True}), "format_version true is not a format version"),
+    (lambda c: json.dumps({**c, "format_version": 0}), "format_version 0 is not a format version"),
     (lambda c: json.dumps({**c, "init_args": {**c["init_args"], "bins": 7}}).replace('"bins": 7', '"bins": NaN'),
      "NaN is not a JSON number"),
 ])
@@ -517,7 +523,7 @@ def test_cgidm_folders_the_user_names_may_lie_anywhere(cgidm, tmp_path):
     """An override on the command line, or the config a benchmark job was fitted from, is the user's word."""
     import shutil
 
-    from zoo.module import load_folder
+    from zoo.checkpoint import load_folder
 
     model, pipe = cgidm
     outside = str(shutil.copytree(pipe, tmp_path / "outside"))
@@ -535,7 +541,7 @@ def test_a_generator_folder_the_user_names_may_lie_anywhere(inversion, tmp_path)
     """``mini-decoder:/models/x`` named by the caller: the folder after the prefix is the user's word."""
     from zoo_inversion_attribution.generators import MiniDecoder, save_mini_decoder
 
-    from zoo.module import load_folder
+    from zoo.checkpoint import load_folder
 
     outside = save_mini_decoder(MiniDecoder(4, 8), tmp_path / "outside")
     folder = _method_checkpoint(inversion, tmp_path, generator=f"mini-decoder:{outside}")

@@ -35,9 +35,11 @@ from rich.console import Console
 from torch import nn
 
 from zoo import hub, registry
+from zoo.checkpoint import read_weights_only
 from zoo.cli import main
+from zoo.cli.hub import print_pretrained
 from zoo.errors import ZooError
-from zoo.module import ZooModule, read_weights_only
+from zoo.module import ZooModule
 
 PLUGIN_DIR = ROOT / "tests" / "plugins" / "zoo_example_plugin"
 
@@ -528,7 +530,7 @@ def test_list_pretrained_shows_source_and_verification(plugins, monkeypatch, tmp
     assert all(name in listed for name in hub.known_checkpoints())
     assert listed.count("UNVERIFIED") == sum(not entry.verified for entry in hub.known_checkpoints().values())
     console = Console(width=500, file=io.StringIO())  # one line a row, to read each row's state
-    hub.print_pretrained(console)
+    print_pretrained(console)
     out = console.file.getvalue()
     rows = {name: line for name in hub.known_checkpoints() for line in out.splitlines() if f" {name} " in line}
     assert "verified: sha256 pinned at commit aaaaaaaaaaaa" in rows["stats.pinned"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -10,9 +11,10 @@ from conftest import fast_trainer
 from safetensors.torch import load_file, save_file
 
 from zoo import registry
+from zoo.checkpoint import FORMAT_VERSION, convert_checkpoint, load_folder, read_config
 from zoo.data.mini_datamodules import MiniCopyDetection, MiniFakeDetection
 from zoo.errors import ZooError
-from zoo.module import ZooModule, convert_checkpoint, load_folder
+from zoo.module import ZooModule
 
 
 @pytest.fixture
@@ -99,6 +101,40 @@ def test_lightning_ckpt_converts_losslessly(detector, tmp_path):
     assert json.loads((folder / "config.json").read_text()) == detector.zoo_config()
 
 
+def test_a_config_without_a_format_version_is_read_as_version_1(detector, tmp_path):
+    """A config.json that names no format_version (hand-written, or older) has version 1's layout."""
+    folder = detector.save_pretrained(tmp_path / "export")
+    config = json.loads((folder / "config.json").read_text())
+    assert config.pop("format_version") == FORMAT_VERSION == 1
+    (folder / "config.json").write_text(json.dumps(config))
+    assert read_config(folder / "config.json")["format_version"] == 1
+    loaded = load_folder(folder)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in detector.state_dict().items())
+
+
+def test_a_newer_format_is_refused_with_one_line_on_every_road(detector, tmp_path):
+    """A folder and a Lightning .ckpt written by a newer zoo are refused, never half-read."""
+    import lightning.pytorch as pl
+
+    folder = detector.save_pretrained(tmp_path / "export")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "format_version": FORMAT_VERSION + 1}))
+    newer = f"was written by a newer provenance-zoo (format {FORMAT_VERSION + 1}); this one reads up to {FORMAT_VERSION}"
+    with pytest.raises(ZooError, match=re.escape(newer)):
+        load_folder(folder)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(detector, MiniFakeDetection())
+    ckpt = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["zoo"]["format_version"] = FORMAT_VERSION + 1
+    torch.save(checkpoint, ckpt)
+    with pytest.raises(ZooError, match=re.escape(newer)):
+        convert_checkpoint(ckpt, tmp_path / "converted")
+    assert not (tmp_path / "converted").exists()
+
+
 def test_unknown_variant_and_task_mismatch(detector):
     with pytest.raises(ZooError, match="has no variant 'huge'"):
         type(detector).from_variant("huge")
@@ -126,8 +162,8 @@ def test_fit_exports_the_best_checkpoint_not_the_last_epoch(tmp_path):
     from safetensors.torch import load_file
 
     from zoo import registry
+    from zoo.checkpoint import read_weights_only
     from zoo.cli.lightning import ExportOnFitEnd
-    from zoo.module import read_weights_only
 
     class FirstEpochIsBest(pl.Callback):
         def on_validation_epoch_end(self, trainer, pl_module):

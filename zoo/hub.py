@@ -1,6 +1,6 @@
 """Checkpoints on the Hugging Face Hub: publish, download by short name, load offline, model cards.
 
-A zoo checkpoint is a folder with ``config.json`` and ``model.safetensors`` (``ZooModule.save_pretrained``).
+A zoo checkpoint is a folder with ``config.json`` and ``model.safetensors`` (``zoo.checkpoint``).
 It is named by its folder, by ``hf-hub:org/name[@revision]`` or plainly ``org/name`` (as
 ``ModelHubMixin`` takes it), or by a short name from the registry of known checkpoints
 (``zoo/pretrained.json``, plus the JSON file that ``$ZOO_PRETRAINED`` names), like timm's pretrained
@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import inspect
@@ -29,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +35,20 @@ from typing import Any
 
 import yaml
 
+from zoo.checkpoint import (
+    CONFIG_NAME,
+    FILES,
+    THRESHOLD_KEY,
+    check_config,
+    check_init_args,
+    newest_export,
+    read_config,
+    read_json,
+    read_threshold,
+)
 from zoo.errors import ZooError, redact
 
 HUB_PREFIX = "hf-hub:"
-FILES = ("config.json", "model.safetensors")
 CARD_NAME = "README.md"
 LIBRARY_NAME = "provenance-zoo"
 # the zoo's own license; a method class may declare ``license`` for weights under other terms
@@ -187,7 +195,7 @@ def resolve(source: str | Path, revision: str | None = None, cache_dir: str | No
     """The local folder of a zoo checkpoint: a folder, ``hf-hub:org/name[@rev]``, ``org/name`` or a short name.
 
     A local folder is the checkpoint itself or a run folder of ``zoo fit`` (``runs/cnn``, its ``lightning_logs``
-    or a version folder), whose newest export is used (``zoo.predict.newest_export``).
+    or a version folder), whose newest export is used (``zoo.checkpoint.newest_export``).
 
     A string that is not an existing path nor a known short name, and has the form ``org/name``, is a
     Hub repo id. Hub checkpoints come from the Hugging Face cache when present; with ``HF_HUB_OFFLINE=1``
@@ -214,8 +222,6 @@ def _fetch(source: str | Path, *, revision: str | None, cache_dir: str | None, l
         return _snapshot(check_repo_id(repo_id, text), revision or at or None, label=text, **hub)
     path = Path(text)
     if path.is_dir():  # a checkpoint folder, or a run folder of `zoo fit` (its newest export), as zoo predict takes
-        from zoo.predict import newest_export
-
         return newest_export(path)
     known = known_checkpoints()
     if text in known:
@@ -259,32 +265,12 @@ def _snapshot(repo_id: str, revision: str | None, *, label: str, cache_dir: str 
     return folder
 
 
-def check_config(folder: Path, label: str, method: str | None = None) -> None:
-    """Check a fetched ``config.json`` as data, without building anything: a registered method, its arguments.
-
-    The same checks as ``zoo.module.build_method``, done at download time so that a poisoned checkpoint is
-    refused by ``zoo download`` already.
-    """
-    from zoo import registry
-    from zoo.module import CONFIG_NAME, check_init_args, read_config
-
-    where = f"{label}: {CONFIG_NAME}"
-    config = read_config(folder / CONFIG_NAME)
-    name = config["name"]
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ZooError(f"{where}: 'name' must be the registry name of a method, got {name!r}")
-    if method is not None and name != method:
-        raise ZooError(f"{where} holds a {name}, but the registry of known checkpoints says {method}")
-    check_init_args(registry.methods.load(name), config["init_args"], where)
-
-
 def _released(entry: Pretrained, revision: str | None, *, cache_dir: str | None, local_files_only: bool,
               token: str | None, endpoint: str | None, force: bool, command: bool) -> Path:
     """Download a file released by the paper's authors and convert it once with the method's importer."""
     from huggingface_hub import constants, hf_hub_download
 
     from zoo import registry as zoo_registry
-    from zoo.module import check_init_args
 
     cls = zoo_registry.methods.load(entry.method)
     init_args = check_init_args(cls, entry.init_args, f"known checkpoint {entry.name!r}")
@@ -456,8 +442,6 @@ def publish(directory: str | Path, repo_id: str, *, revision: str | None = None,
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RevisionNotFoundError
 
-    from zoo.module import CONFIG_NAME, WEIGHTS_NAME, read_config
-
     check_repo_id(repo_id, "--repo_id")
     directory = Path(directory)
     for name in FILES:
@@ -466,7 +450,7 @@ def publish(directory: str | Path, repo_id: str, *, revision: str | None = None,
     check_config(directory, str(directory))  # as data: a registered method and its arguments
     config = read_config(directory / CONFIG_NAME)
     card = model_card(config, repo_id, revision=revision, metrics=metrics, dataset=dataset,
-                      training_config=training_config, threshold=_threshold(directory / WEIGHTS_NAME))
+                      training_config=training_config, threshold=read_threshold(directory))
     branch = revision or "main"
     api = HfApi(endpoint=endpoint, token=token)
     with _hub_errors(repo_id, endpoint=endpoint):
@@ -492,19 +476,9 @@ def publish(directory: str | Path, repo_id: str, *, revision: str | None = None,
     return redact(commit.commit_url)  # printed by `zoo publish`: the endpoint's credentials are not
 
 
-def _threshold(weights: Path) -> float | None:
-    """The decision threshold stored with a binary method's weights (None when it has none)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(weights), framework="pt") as handle:
-            return float(handle.get_tensor("threshold")) if "threshold" in handle.keys() else None
-    except (SafetensorError, OSError) as err:
-        raise ZooError(f"{weights} is not a readable safetensors file (truncated or corrupt?): {err}") from err
-
-
 def _is_threshold(key: str) -> bool:
-    return key.rpartition("/")[2] == "threshold"
+    """Whether a logged metric is the decision threshold: a setting stored with the weights, not a metric."""
+    return key.rpartition("/")[2] == THRESHOLD_KEY
 
 
 def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = None, metrics: dict | None = None,
@@ -601,8 +575,6 @@ def _number(value: Any, key: str, where: str = "") -> float:
 
 def _json_object(path: Path, what: str, shape: str) -> dict[str, Any]:
     """The JSON object in ``path``; anything else is one ZooError that names ``what`` and the file."""
-    from zoo.module import read_json
-
     try:
         data = read_json(path)
     except ZooError as err:
@@ -719,130 +691,3 @@ def run_metadata(run_dir: Path) -> tuple[dict[str, float], str | None, dict | No
         name = data.get("class_path") if isinstance(data, dict) else data
         dataset = str(name).rpartition(".")[2] if name else None
     return metrics, dataset, config
-
-
-# ------------------------------------------------------------------------------------------ commands
-_HUB_TOKEN = re.compile(r"hf_[A-Za-z0-9]{8,}")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that never echoes a token: ``--token`` values and anything shaped like a Hub token are masked."""
-
-    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
-        argv = list(sys.argv[1:] if args is None else args)
-        self._secrets = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--token"]
-        self._secrets += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--token=")]
-        return super().parse_args(argv, namespace)
-
-    def error(self, message: str) -> Any:  # type: ignore[override]
-        for secret in getattr(self, "_secrets", []):
-            if secret:
-                message = message.replace(secret, "***")
-        super().error(_HUB_TOKEN.sub("***", message))
-
-
-def _hub_parser(prog: str, description: str) -> _Parser:
-    parser = _Parser(prog=prog, description=description)
-    parser.add_argument("--token", help="a Hub token (default: HF_TOKEN or the saved `hf auth login`); never "
-                                        "printed")
-    return parser
-
-
-def _alias(parser: argparse.ArgumentParser, flag: str, dest: str, **kwargs: Any) -> None:
-    """An older hyphenated spelling of an option, accepted but not shown in --help."""
-    parser.add_argument(flag, dest=dest, help=argparse.SUPPRESS, **kwargs)
-
-
-def cmd_publish(argv: list[str]) -> int:
-    """Publish a checkpoint or a run dir to the Hugging Face Hub, with a model card."""
-    parser = _hub_parser(
-        "zoo publish",
-        "Upload model.safetensors, config.json and a generated model card to the Hub. Files already on the "
-        "revision are not replaced unless --overwrite. HF_ENDPOINT selects another Hub.",
-    )
-    parser.add_argument("path", help="a checkpoint folder, a run dir of `zoo fit` (holding zoo/), or a .ckpt")
-    parser.add_argument("--repo_id", help="org/name on the Hub (required)")
-    _alias(parser, "--repo-id", "repo_id")
-    parser.add_argument("--revision", help="the branch to publish to (default main)")
-    parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="commit on top of files already on the revision (they stay in its history)")
-    parser.add_argument("--metrics", help="a JSON file of metrics for the card (default: the run's metrics.csv)")
-    parser.add_argument("--dataset", help="a Hub dataset id, or the datamodule it saw (default: the run's)")
-    args = parser.parse_args(argv)
-    if not args.repo_id:
-        parser.error("the following arguments are required: --repo_id")
-    check_repo_id(args.repo_id, "--repo_id")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder, run_dir = _checkpoint_of(Path(args.path), Path(tmp))
-        metrics, dataset, config = run_metadata(run_dir) if run_dir is not None else ({}, None, None)
-        if args.metrics:
-            metrics = read_metrics(Path(args.metrics))
-        url = publish(folder, args.repo_id, revision=args.revision, private=args.private, metrics=metrics,
-                      dataset=args.dataset or dataset, training_config=config, overwrite=args.overwrite,
-                      token=args.token)
-    print(url)
-    return 0
-
-
-def _checkpoint_of(path: Path, tmp: Path) -> tuple[Path, Path | None]:
-    """The checkpoint folder to publish and the run dir it came from (None when unknown)."""
-    from zoo.module import convert_checkpoint
-
-    if path.is_file() and path.suffix == ".ckpt":
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return convert_checkpoint(path, tmp / "zoo"), run_dir
-    if (path / FILES[0]).is_file():
-        return path, path.parent if path.name == "zoo" else None
-    if (path / "zoo" / FILES[0]).is_file():
-        return path / "zoo", path
-    raise ZooError(f"{path} is neither a checkpoint folder (config.json + model.safetensors), a run dir of "
-                   f"`zoo fit` holding zoo/, nor a .ckpt")
-
-
-def cmd_download(argv: list[str]) -> int:
-    """Download a checkpoint by short name or repo id into the Hugging Face cache."""
-    parser = _hub_parser(
-        "zoo download",
-        "Fetch a checkpoint (a short name of `zoo list --pretrained`, hf-hub:org/name or org/name) into the "
-        "Hugging Face cache, check its config.json as data, and print its folder; later loads work offline.",
-    )
-    parser.add_argument("source", help="short name, hf-hub:org/name[@revision] or org/name")
-    parser.add_argument("--revision", help="branch, tag or commit")
-    parser.add_argument("--cache_dir", help="another cache (default HF_HUB_CACHE)")
-    _alias(parser, "--cache-dir", "cache_dir")
-    parser.add_argument("--force", action="store_true",
-                        help="download again even if cached (after a sha256 mismatch, for instance)")
-    args = parser.parse_args(argv)
-    entry = known_checkpoints().get(args.source)
-    if entry is not None and not entry.verified and entry.repo_type not in BY_HAND:  # nothing is fetched by hand
-        print(f"zoo: warning: {args.source} is {entry.verification()}", file=sys.stderr)
-    print(download(args.source, revision=args.revision, cache_dir=args.cache_dir, force=args.force,
-                   token=args.token))
-    return 0
-
-
-def print_pretrained(console: Any) -> int:
-    """Print the known pretrained checkpoints, with their source and verification state."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title="pretrained checkpoints")
-    table.add_column("name", no_wrap=True)
-    for column in ("method", "source", "verification", "description"):
-        table.add_column(column, overflow="fold")
-    for name, entry in known_checkpoints().items():
-        where = {"model": "", "github": "github.com/", "url": ""}.get(entry.repo_type, f"{entry.repo_type}s/")
-        source = f"{where}{entry.repo_id}" + ("" if entry.repo_type == "url" else f"@{entry.revision}")
-        if entry.repo_type in BY_HAND:
-            how = "on GitHub" if entry.repo_type == "github" else "for download"
-            source += f"/{entry.filename}\n(released by the authors {how}; `zoo convert --released {entry.method}`)"
-        elif entry.filename:
-            source += f"/{entry.filename}\n(released by the authors; converted on download)"
-        if entry.source:
-            source += f"\n{entry.source}"
-        state = escape(entry.verification())
-        table.add_row(escape(name), entry.method, escape(source), state if entry.verified else f"[yellow]{state}",
-                      escape(entry.description))
-    console.print(table)
-    return 0

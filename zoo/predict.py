@@ -1,6 +1,7 @@
 """The use road: a method's predictions on your own files, one row per input, in input order.
 
-``zoo predict`` and ``ZooModule.predict_images`` / ``ZooModule.compare`` share this module. Inputs need
+``zoo predict`` (``zoo.cli.predict``) and ``ZooModule.predict_images`` / ``ZooModule.compare`` share this
+module; it takes any model with the ZooModule's prediction interface and imports no command line. Inputs need
 no labels; every input gets a row, and an input that cannot be read gets its reason in the ``error``
 column (or, with ``skip_bad_images=False``, stops the run with its path).
 
@@ -22,17 +23,14 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import json
 import os
-import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -43,7 +41,6 @@ if TYPE_CHECKING:
     from zoo.data.images import FolderImages
 
 OUTPUT_FORMATS = (".csv", ".jsonl", ".parquet")
-EXPORT_DIR = "zoo"  # the export folder in a run's log folder (``zoo fit``)
 PAIR_COLUMNS = ("generated", "real")
 
 
@@ -417,90 +414,11 @@ def write_predictions(frame: Any, output: str | Path) -> Path:
     return output
 
 
-# ------------------------------------------------------------------------------------------ zoo predict
-def _boolean(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _positive(text: str) -> int:
-    number = _whole(text)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
-    return number
-
-
-def _count(text: str) -> int:
-    number = _whole(text)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
-    return number
-
-
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-def _device(text: str) -> torch.device:
-    """A device this machine has: ``cpu``, ``cuda``, ``cuda:N`` (an existing GPU) or ``mps``."""
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if not count:
-            raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA GPU that torch can use; use cpu")
-        if device.index is not None and device.index >= count:
-            raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise argparse.ArgumentTypeError(f"{text}: this machine has no MPS device; use cpu")
-    elif device.type != "cpu":
-        raise argparse.ArgumentTypeError(f"{text}: zoo predict runs on cpu, cuda, cuda:N or mps")
-    return device
-
-
-class _Parser(argparse.ArgumentParser):
-    """A parser whose refusals are one ``zoo: error:`` line (a ZooError), not usage and a second line."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ZooError(f"{message} (see {self.prog} --help)")
-
-
-def model_overrides(rest: list[str]) -> dict[str, Any]:
-    """``--model.<arg> VALUE`` pairs of the command line as init arguments (values read as YAML scalars)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(rest):
-        arg = rest[i]
-        if not arg.startswith("--model."):
-            raise ZooError(f"unrecognized argument {arg!r} (see zoo predict --help)")
-        key, sep, value = arg[len("--model."):].partition("=")
-        if not sep:
-            if i + 1 >= len(rest):
-                raise ZooError(f"{arg} needs a value")
-            value, i = rest[i + 1], i + 1
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            out[key] = value
-        i += 1
-    return out
-
-
+# ------------------------------------------------------------------------------------------ the model
 def load_model(ckpt_path: str | None, name: str | None, variant: str | None, overrides: dict[str, Any]) -> Any:
     """The method to predict with: a zoo checkpoint, or a registered method by name (and variant)."""
     from zoo import registry
-    from zoo.module import build_method, load_folder
+    from zoo.checkpoint import build_method, load_folder, newest_export
 
     if ckpt_path is not None:
         if variant is not None:
@@ -519,109 +437,7 @@ def load_model(ckpt_path: str | None, name: str | None, variant: str | None, ove
     return build_method({"name": name, "init_args": init_args}, "the command line", pretrained_download=True).eval()
 
 
-def newest_export(folder: Path) -> Path:
-    """The zoo checkpoint a local folder names: itself, or the newest export of a run folder under it.
-
-    ``zoo fit`` exports to ``<run>/lightning_logs/version_N/zoo``; given ``<run>``, its ``lightning_logs``
-    or a version folder, the export of the highest version number is used, and said on stderr.
-
-    Raises:
-        ZooError: the folder holds no export.
-    """
-    from zoo.module import CONFIG_NAME
-
-    if (folder / CONFIG_NAME).is_file():
-        return folder
-    # the export's folder, up to three levels below: <logger name>/version_N/zoo
-    found = [c.parent for depth in range(3) for c in folder.glob("/".join(["*"] * depth + [EXPORT_DIR, CONFIG_NAME]))]
-    if not found:
-        raise ZooError(f"{folder}: no zoo checkpoint in this folder: looked for {CONFIG_NAME} in it and for "
-                       f"{EXPORT_DIR}/{CONFIG_NAME} up to three levels below (zoo fit writes "
-                       f"lightning_logs/version_N/{EXPORT_DIR})")
-
-    def version(path: Path) -> list[tuple[int, str]]:
-        # version_10 is newer than version_9: numbers compare as numbers, other names as text
-        return [(int(p[len("version_"):]) if re.fullmatch(r"version_\d+", p) else -1, p)
-                for p in path.relative_to(folder).parts]
-
-    newest = max(found, key=version)
-    print(f"zoo: {folder}: using its newest export, {newest} (of {len(found)})", file=sys.stderr)
-    return newest
-
-
-def cmd_predict(argv: list[str]) -> int:
-    """Score your own images (--inputs) or pairs (--pairs) with a checkpoint; one row per input."""
-    parser = _Parser(
-        prog="zoo predict", allow_abbrev=False,
-        description="Score your own images or pairs; writes one row per input, in input order. "
-        "Override a method argument with --model.<arg> VALUE (e.g. --model.finetuned path/to/model).")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--ckpt_path", help="a zoo checkpoint folder, hf-hub:org/name, or a short name of "
-                       "`zoo list --pretrained`")
-    which.add_argument("--model", help="a registered method by name (built from its arguments, seeded); a method "
-                       "that trains is refused unless --untrained")
-    parser.add_argument("--variant", help="a named variant of --model (e.g. tiny)")
-    parser.add_argument("--untrained", action="store_true",
-                        help="with --model: score with a method that trains, unfitted, on purpose; every row then "
-                        "says untrained = true")
-    given = parser.add_mutually_exclusive_group(required=True)
-    given.add_argument("--inputs", nargs="+", help="image files, folders or globs (copy detection: GENERATED REAL)")
-    given.add_argument("--pairs", help="copy detection: a CSV with the columns generated,real (relative paths)")
-    parser.add_argument("--output", default="predictions.csv", help="predictions file: .csv, .jsonl or .parquet")
-    parser.add_argument("--captions", help="a CSV with the columns file,caption, for methods that read captions")
-    parser.add_argument("--artifacts", help="folder for the pictures a method writes (copyright); "
-                        "default: <output>_artifacts beside the output")
-    parser.add_argument("--batch_size", type=_positive, default=8)
-    parser.add_argument("--num_workers", type=_count, default=0, help="image-decoding worker processes")
-    parser.add_argument("--device", type=_device, default=None,
-                        help="cpu, cuda, cuda:1, mps (default: cuda when available)")
-    parser.add_argument("--skip_bad_images", type=_boolean, default=True,
-                        help="true (default): an unreadable input gets a row with an error; false: stop the run")
-    args, rest = parser.parse_known_args(argv)
-    overrides = model_overrides(rest)
-    output = Path(args.output)
-    if output.suffix.lower() not in OUTPUT_FORMATS:
-        raise ZooError(f"--output {output}: the format follows the extension; use one of {', '.join(OUTPUT_FORMATS)}")
-    from zoo.module import seeded
-
-    _check_untrained(args.model, args.variant, args.untrained)
-    with seeded() if args.model else contextlib.nullcontext():  # the same command builds the same model
-        model = load_model(args.ckpt_path, args.model, args.variant, overrides)
-    if args.untrained:
-        model.untrained = True
-        print(f"zoo predict: {args.model} is not trained (--untrained): its scores come from its initial weights "
-              "and say nothing about your images; every row says untrained = true", file=sys.stderr)
-    task = model.task_spec.name
-    from zoo.data.images import FolderImages
-
-    skips = FolderImages([], [], [], [])  # what the folders and globs of --inputs left out, for the last line
-    if args.pairs is not None:
-        if task != "copy_detection":
-            raise ZooError(f"{type(model).__name__} is a {task} method: give its images with --inputs, not --pairs")
-        items = read_pairs(args.pairs)
-    elif task == "copy_detection":
-        if len(args.inputs) != 2:
-            raise ZooError(f"{type(model).__name__} is a copy-detection method: give --pairs pairs.csv (columns "
-                           "generated,real), or exactly two --inputs GENERATED REAL")
-        items = pair_items(*args.inputs)
-    else:
-        items = [item for spec in args.inputs for item in expand(spec, skips)]
-    if args.captions:
-        captions = read_captions(args.captions)
-        items = [_with_caption(item, captions) for item in items]
-    model.artifact_root = Path(args.artifacts) if args.artifacts else output.with_name(output.stem + "_artifacts")
-    frame = predict(model, items, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-                    skip_bad_images=args.skip_bad_images, progress=sys.stderr.isatty())
-    write_predictions(frame, output)
-    failed = int(frame["error"].notna().sum())
-    skipped = f"; skipped {skips.skipped()}" if skips.skipped() else ""
-    print(f"zoo predict: {type(model).__name__} scored {len(frame) - failed} of {len(frame)} inputs, {failed} failed"
-          f"{' (see the error column)' if failed else ''}{skipped}{_threshold_note(model)}; wrote {output}",
-          file=sys.stderr)
-    return 0
-
-
-def _check_untrained(name: str | None, variant: str | None, untrained: bool) -> None:
+def check_untrained(name: str | None, variant: str | None, untrained: bool) -> None:
     """Refuse an unfitted method that trains unless ``--untrained`` says it is on purpose."""
     if name is None:
         if untrained:
@@ -642,7 +458,8 @@ def _check_untrained(name: str | None, variant: str | None, untrained: bool) -> 
                        "--ckpt_path <its run folder>, or pass --untrained to score with its initial weights on purpose")
 
 
-def _with_caption(item: Item, captions: dict[str, str]) -> Item:
+def with_caption(item: Item, captions: dict[str, str]) -> Item:
+    """``item`` with its caption from ``captions`` (``read_captions``), or with an error where it has none."""
     from dataclasses import replace
 
     key = _printable(Path(item.sources[0]).resolve()) if not _is_image(item.sources[0]) else ""
@@ -651,11 +468,3 @@ def _with_caption(item: Item, captions: dict[str, str]) -> Item:
     if not captions[key].strip():
         return replace(item, error=item.error or f"{item.names[0]}: empty caption in the captions file")
     return replace(item, caption=captions[key])
-
-
-def _threshold_note(model: Any) -> str:
-    if model.is_calibrated():
-        return ""
-    said = ("the decision threshold is the method's default, so the rows state no decision" if model.task_spec.binary
-            else "the levels come from the unfitted default map")
-    return f"; {said} and say uncalibrated = true: fit or validate it first"

@@ -1,7 +1,7 @@
 """The ``zoo`` command.
 
 ``zoo fit|validate|test`` are LightningCLI's subcommands (``zoo.cli.lightning``). ``zoo predict`` scores a
-user's own files (``zoo.predict``). The other subcommands are plain commands, imported only when run, so
+user's own files (``zoo.cli.predict``). The other subcommands are plain commands, imported only when run, so
 that ``zoo --help`` answers at once and the library modules know nothing of the CLI.
 """
 
@@ -67,9 +67,9 @@ def cmd_list(argv: list[str]) -> int:
     # piped output keeps whole rows, so that it can be searched
     console = Console(width=None if sys.stdout.isatty() else 200)
     if args.pretrained:
-        from zoo import hub
+        from zoo.cli.hub import print_pretrained
 
-        return hub.print_pretrained(console)
+        return print_pretrained(console)
     # from the plugins' manifests: listing imports no plugin (zoo.registry)
     table = Table(title="methods")
     for column in ("name", "task", "paper", "variants", "description", "plugin"):
@@ -101,7 +101,7 @@ def cmd_list(argv: list[str]) -> int:
 def cmd_convert(argv: list[str]) -> int:
     """Convert a Lightning ``.ckpt``, or a paper's released checkpoint, into a zoo checkpoint folder."""
     from zoo import registry
-    from zoo.module import convert_checkpoint
+    from zoo.checkpoint import convert_checkpoint
 
     parser = argparse.ArgumentParser(
         prog="zoo convert",
@@ -124,14 +124,14 @@ def cmd_convert(argv: list[str]) -> int:
 COMMANDS: dict[str, str | Callable[[list[str]], int]] = {
     "list": "zoo.cli:cmd_list",
     "convert": "zoo.cli:cmd_convert",
-    "predict": "zoo.predict:cmd_predict",
-    "publish": "zoo.hub:cmd_publish",
-    "download": "zoo.hub:cmd_download",
-    "benchmark": "zoo.bench:cmd_benchmark",
-    "embed": "zoo.gallery:cmd_embed",
-    "index": "zoo.gallery:cmd_index",
-    "match": "zoo.gallery:cmd_match",
-    "replication-ratio": "zoo.gallery:cmd_match",
+    "predict": "zoo.cli.predict:cmd_predict",
+    "publish": "zoo.cli.hub:cmd_publish",
+    "download": "zoo.cli.hub:cmd_download",
+    "benchmark": "zoo.cli.benchmark:cmd_benchmark",
+    "embed": "zoo.cli.gallery:cmd_embed",
+    "index": "zoo.cli.gallery:cmd_index",
+    "match": "zoo.cli.gallery:cmd_match",
+    "replication-ratio": "zoo.cli.gallery:cmd_match",
 }
 SUMMARIES = {
     "list": "Print the registered methods and datamodules (--pretrained: the known checkpoints).",
@@ -209,4 +209,3 @@ def _message(err: ZooError) -> str:
         marker = "ZooError: "
         return text[text.rindex(marker) + len(marker):].strip() if marker in text else text.splitlines()[-1]
     return text
-

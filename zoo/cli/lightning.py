@@ -28,16 +28,17 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from zoo import registry
 from zoo.data.base import ZooDataModule
-from zoo.errors import ZooError
-from zoo.module import (
+from zoo.checkpoint import (
+    EXPORT_DIR,
     WEIGHTS_NAME,
-    ZooModule,
     load_checkpoint_state,
     load_folder,
+    newest_export,
     read_weights,
     read_weights_only,
 )
-from zoo.predict import EXPORT_DIR, newest_export
+from zoo.errors import ZooError
+from zoo.module import ZooModule
 
 
 class ExportOnFitEnd(Callback):

@@ -13,7 +13,7 @@ replication level reaches a threshold. Three commands do it with any copy-detect
   re-ranked by the method's predicted level; the replication ratio with its Wilson interval and the
   level histogram (``statistics.py``), ``report.json``, ``matches.csv`` and figures (``report.py``).
 
-The command-line parsing is in ``commands.py``.
+Their command lines are in ``zoo.cli.gallery``.
 
 Example:
     .. code-block:: bash
@@ -26,7 +26,6 @@ Example:
 """
 
 from zoo.gallery.catalogue import Catalog, ImageReader
-from zoo.gallery.commands import cmd_embed, cmd_index, cmd_match
 from zoo.gallery.embedding import embed
 from zoo.gallery.index import INDEX_FILE, INDEX_IDS, INDEX_MANIFEST, build_index, normalised
 from zoo.gallery.match import GeneratorResult, match
@@ -44,7 +43,7 @@ from zoo.gallery.statistics import level_histogram, replication_ratio
 
 __all__ = [
     "INDEX_FILE", "INDEX_IDS", "INDEX_MANIFEST", "MANIFEST", "MODEL_DIR", "Catalog", "GeneratorResult",
-    "ImageReader", "build_index", "cmd_embed", "cmd_index", "cmd_match", "embed", "fingerprint",
+    "ImageReader", "build_index", "embed", "fingerprint",
     "gallery_vectors", "iter_shards", "level_histogram", "load_method", "match", "normalised", "read_manifest",
     "read_shard", "replication_ratio", "write_shard",
 ]

@@ -1,4 +1,5 @@
-"""The ``zoo embed``, ``zoo index`` and ``zoo match`` commands: options parsed, then one library call each.
+"""The ``zoo embed``, ``zoo index`` and ``zoo match`` commands of ``zoo.gallery``: options parsed, then one
+library call each.
 
 Every option can also come from a YAML file with ``--config`` (see ``configs/gallery/``).
 """
