@@ -73,10 +73,14 @@ def plugins(tmp_path_factory):
     info = site / "zoo_hub_test_methods-0.1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-hub-test-methods\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[zoo.methods]\nImageStatsDetector = zoo_example_plugin:ImageStatsDetector\n"
-        f"ReleasedStats = {__name__}:ReleasedStats\n"
-    )
+    (info / "entry_points.txt").write_text("[zoo.plugins]\nzoo_hub_test_methods = zoo_hub_test_methods\n")
+    package = site / "zoo_hub_test_methods"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "zoo_plugin.json").write_text(json.dumps({"zoo.methods": {
+        "ImageStatsDetector": {"class": "zoo_example_plugin:ImageStatsDetector"},
+        "ReleasedStats": {"class": f"{__name__}:ReleasedStats"},
+    }}))
     sys.path[:0] = [str(site), str(PLUGIN_DIR)]
     registry.methods.refresh()
     yield site

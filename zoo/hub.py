@@ -2,9 +2,9 @@
 
 A zoo checkpoint is a folder with ``config.json`` and ``model.safetensors`` (``zoo.checkpoint``).
 It is named by its folder, by ``hf-hub:org/name[@revision]`` or plainly ``org/name`` (as
-``ModelHubMixin`` takes it), or by a short name from the registry of known checkpoints
-(``zoo/pretrained.json``, plus the JSON file that ``$ZOO_PRETRAINED`` names), like timm's pretrained
-tags: ``pdf_embedding.exponential_drep`` -> repo id, revision, sha256. Checkpoints released by a paper's
+``ModelHubMixin`` takes it), or by a short name from the registry of known checkpoints (declared by each
+plugin beside its methods, plus the JSON file that ``$ZOO_PRETRAINED`` names), like timm's pretrained tags:
+``pdf_embedding.exponential_drep`` -> repo id, revision, sha256. Checkpoints released by a paper's
 authors in their own format are converted on download by the method's importer (``convert_released``)
 and kept, converted, in the Hugging Face cache.
 
@@ -53,7 +53,6 @@ CARD_NAME = "README.md"
 LIBRARY_NAME = "provenance-zoo"
 # the zoo's own license; a method class may declare ``license`` for weights under other terms
 DEFAULT_LICENSE = "apache-2.0"
-REGISTRY_FILE = Path(__file__).with_name("pretrained.json")
 REGISTRY_ENV = "ZOO_PRETRAINED"  # a JSON file of more known checkpoints, e.g. an organisation's own
 CONVERTED_DIR = "provenance-zoo"  # released checkpoints, converted, under the Hugging Face cache
 # the Hub's pipeline tags for the tasks that have one (copyright and attribution take a model pair: none fits)
@@ -72,7 +71,7 @@ BY_HAND = ("github", "url")
 
 @dataclass(frozen=True)
 class Pretrained:
-    """One known checkpoint of the registry file."""
+    """One known checkpoint: a plugin's declaration, or an entry of the ``$ZOO_PRETRAINED`` file."""
 
     name: str
     method: str
@@ -117,11 +116,17 @@ class Pretrained:
 
 
 def known_checkpoints(path: str | Path | None = None) -> dict[str, Pretrained]:
-    """The known checkpoints: the built-in file, then the one ``$ZOO_PRETRAINED`` names (it wins on a clash)."""
-    files = [Path(path)] if path is not None else [REGISTRY_FILE]
+    """The known checkpoints: those the plugins declare, then the file ``$ZOO_PRETRAINED`` names (it wins on a
+    clash); with ``path``, that file's only."""
+    from zoo import registry as zoo_registry
+
+    found: dict[str, Pretrained] = {}
+    if path is None:  # declared beside each method and copied into its plugin's manifest (zoo.registry)
+        for name, (entry, manifest) in zoo_registry.pretrained().items():
+            found[name] = _entry(manifest, name, entry)
+    files = [Path(path)] if path is not None else []
     if path is None and os.environ.get(REGISTRY_ENV):
         files.append(Path(os.environ[REGISTRY_ENV]))
-    found: dict[str, Pretrained] = {}
     for file in files:
         entries = _json_object(file, "registry of pretrained checkpoints", "must be a JSON object of name -> entry")
         for name, entry in entries.items():

@@ -190,6 +190,31 @@ def _record_bytes(record: Any) -> bytes:
     return path.read_bytes()
 
 
+# the released checkpoints of UniversalFakeDetect, by short name (`zoo list --pretrained`, `zoo download <name>`), as
+# timm declares its pretrained configs; `python -m zoo.cli.manifest` copies them into zoo_plugin.json
+PRETRAINED: dict[str, dict[str, Any]] = {
+    "universal_fake_detect.vitl14_progan": {
+        "method": "UniversalFakeDetect",
+        "description": ("UniversalFakeDetect: the authors' linear head (1x768 + 1) on frozen CLIP ViT-L/14 (OpenAI), "
+                        "trained on ProGAN images (Ojha et al., CVPR 2023); the encoder is referenced as "
+                        "open_clip:ViT-L-14@openai, not copied"),
+        "repo_id": "Yuheng-Li/UniversalFakeDetect",
+        "revision": "1abc48606aea45e18d10847e51d21d6173cc957d",
+        "filename": "pretrained_weights/fc_weights.pth",
+        "sha256": {
+            "pretrained_weights/fc_weights.pth": "477100745713bcc957beb2b40859536859b6483fd6301b3b9293151b194c7847",
+        },
+        "init_args": {},
+        "source": ("https://github.com/Yuheng-Li/UniversalFakeDetect/blob/1abc48606aea45e18d10847e51d21d6173cc957d/"
+                   "pretrained_weights/fc_weights.pth"),
+        "note": ("a GitHub repository, not a Hugging Face Hub repo: download the file from the source and run "
+                 "`zoo convert --released UniversalFakeDetect fc_weights.pth out/`; sha256 of the file at that "
+                 "commit (4083 bytes, tensors saved on cuda:0)"),
+        "repo_type": "github",
+    },
+}
+
+
 class UniversalFakeDetect(CLIPMLP):
     """A linear probe on frozen CLIP ViT-L/14 features (Ojha et al.), with their training protocol.
 

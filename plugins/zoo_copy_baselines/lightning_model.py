@@ -46,6 +46,57 @@ from zoo_copy_baselines.torch_model import (
 _TINY_MAP = {"max_knots": 64, "background_size": 256}
 
 
+# the released checkpoints of SSCD, by short name (`zoo list --pretrained`, `zoo download <name>`), as
+# timm declares its pretrained configs; `python -m zoo.cli.manifest` copies them into zoo_plugin.json
+PRETRAINED: dict[str, dict[str, Any]] = {
+    "sscd.disc_mixup": {
+        "method": "SSCD",
+        "description": ("SSCD, ResNet-50 + GeM + 512-d projection, trained on DISC21 with advanced + mixup "
+                        "augmentations (the authors' recommended default) (Pizzi et al., CVPR 2022)"),
+        "repo_id": "dl.fbaipublicfiles.com/sscd-copy-detection",
+        "repo_type": "url",
+        "revision": "",
+        "filename": "sscd_disc_mixup.torchscript.pt",
+        "sha256": {},
+        "init_args": {},
+        "source": "https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_mixup.torchscript.pt",
+        "note": ("listed in github.com/facebookresearch/sscd-copy-detection (README, Pretrained models), where "
+                 ".torchvision.pt files convert too; the TorchScript archive is read as data (never "
+                 "torch.jit.load-ed); sha256 to be pinned from a verified download"),
+    },
+    "sscd.disc_advanced": {
+        "method": "SSCD",
+        "description": ("SSCD, ResNet-50 + GeM + 512-d projection, trained on DISC21 with advanced augmentations (Pizzi "
+                        "et al., CVPR 2022)"),
+        "repo_id": "dl.fbaipublicfiles.com/sscd-copy-detection",
+        "repo_type": "url",
+        "revision": "",
+        "filename": "sscd_disc_advanced.torchscript.pt",
+        "sha256": {},
+        "init_args": {},
+        "source": "https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_advanced.torchscript.pt",
+        "note": ("listed in github.com/facebookresearch/sscd-copy-detection (README, Pretrained models), where "
+                 ".torchvision.pt files convert too; the TorchScript archive is read as data (never "
+                 "torch.jit.load-ed); sha256 to be pinned from a verified download"),
+    },
+    "sscd.disc_blur": {
+        "method": "SSCD",
+        "description": ("SSCD, ResNet-50 + GeM + 512-d projection, trained on DISC21 with strong-blur augmentations "
+                        "(Pizzi et al., CVPR 2022)"),
+        "repo_id": "dl.fbaipublicfiles.com/sscd-copy-detection",
+        "repo_type": "url",
+        "revision": "",
+        "filename": "sscd_disc_blur.torchscript.pt",
+        "sha256": {},
+        "init_args": {},
+        "source": "https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_blur.torchscript.pt",
+        "note": ("listed in github.com/facebookresearch/sscd-copy-detection (README, Pretrained models), where "
+                 ".torchvision.pt files convert too; the TorchScript archive is read as data (never "
+                 "torch.jit.load-ed); sha256 to be pinned from a verified download"),
+    },
+}
+
+
 class _PairDescriptor(ZooModule):
     """Shared glue: cosine similarity of two descriptors, score normalisation, the level map, its fitting."""
 

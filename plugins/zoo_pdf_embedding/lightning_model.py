@@ -34,6 +34,46 @@ def _rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+# the released checkpoints of PDFEmbedding, by short name (`zoo list --pretrained`, `zoo download <name>`), as
+# timm declares its pretrained configs; `python -m zoo.cli.manifest` copies them into zoo_plugin.json
+PRETRAINED: dict[str, dict[str, Any]] = {
+    "pdf_embedding.exponential_drep": {
+        "method": "PDFEmbedding",
+        "description": ("PDF-Embedding, ViT-B/16, exponential target PDF, trained on D-Rep by the authors (ICDiff, "
+                        "NeurIPS 2024)"),
+        "repo_id": "WenhaoWang/D-Rep",
+        "repo_type": "dataset",
+        "revision": "main",
+        "filename": "vit_exp_563.pth.tar",
+        "sha256": {},
+        "init_args": {
+            "target": "exponential",
+        },
+        "source": ("https://github.com/WangWenhao0716/PDF-Embedding (pdf_embedding_extractor.py fetches it from "
+                   "this dataset repo)"),
+        "note": ("revision (a commit id) and sha256 to be pinned from a verified download; the target PDF is the "
+                 "one the file name states"),
+    },
+    "pdf_embedding.gaussian_drep": {
+        "method": "PDFEmbedding",
+        "description": ("PDF-Embedding, ViT-B/16, Gaussian target PDF, trained on D-Rep by the authors (ICDiff, NeurIPS "
+                        "2024)"),
+        "repo_id": "WenhaoWang/D-Rep",
+        "repo_type": "dataset",
+        "revision": "main",
+        "filename": "vit_gauss_760.pth.tar",
+        "sha256": {},
+        "init_args": {
+            "target": "gaussian",
+        },
+        "source": ("https://github.com/WangWenhao0716/PDF-Embedding (pdf_embedding_extractor.py fetches it from "
+                   "this dataset repo)"),
+        "note": ("revision (a commit id) and sha256 to be pinned from a verified download; the target PDF is the "
+                 "one the file name states"),
+    },
+}
+
+
 class PDFEmbedding(ZooModule):
     """PDF-Embedding: six tokens per image whose pairwise cosines, softmaxed, are a PDF over the levels.
 

@@ -1,4 +1,4 @@
-"""A third party's generated-image detector, plugged into provenance-zoo by one entry point."""
+"""A third party's generated-image detector, plugged into provenance-zoo by one entry-point line."""
 
 from __future__ import annotations
 
