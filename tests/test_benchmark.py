@@ -437,7 +437,7 @@ def test_every_plugin_is_one_folder_and_one_entry_point_line_and_the_suites_and_
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     tool = project["tool"]["setuptools"]
-    assert "packages" not in tool, "list no packages by hand: [tool.setuptools.packages.find] finds them"
+    assert list(tool["packages"]) == ["find"], "list no packages by hand: [tool.setuptools.packages.find] finds them"
     find = tool["packages"]["find"]
     found = {name for where in find["where"]
              for name in find_namespace_packages(str(ROOT / where), include=find["include"])}
@@ -500,7 +500,7 @@ def test_a_wheel_holds_the_suites_and_every_config_they_name(tmp_path):
 
     source = tmp_path / "src"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md", "zoo", "plugins", "benchmarks", "configs"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "zoo", "plugins", "benchmarks", "configs"):
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
         copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info", "build")}
                                             if (ROOT / name).is_dir() else {}))
