@@ -30,16 +30,13 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from zoo import backbones
 from zoo.errors import ZooError
-
-if TYPE_CHECKING:  # for annotations only: the module layer stands above this one
-    from zoo.module import ZooModule
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -54,8 +51,8 @@ CKPT_ENTRY = "zoo"
 
 
 def load_folder(directory: str | Path, expect: type | None = None, *, trusted: Any = None,
-                **overrides: Any) -> ZooModule:
-    """Build the method a ``save_pretrained`` folder describes and load its weights strictly.
+                **overrides: Any) -> Any:
+    """Build the method (a ZooModule) a ``save_pretrained`` folder describes and load its weights strictly.
 
     ``overrides`` replace init arguments of ``config.json`` (e.g. another fine-tuned model); their names and
     types are checked like the file's own, and a path among them, named by the caller, may lie outside the
@@ -79,7 +76,7 @@ def load_folder(directory: str | Path, expect: type | None = None, *, trusted: A
     return model.eval()
 
 
-def load_checkpoint_state(model: ZooModule, state: Mapping[str, Tensor], source: str) -> None:
+def load_checkpoint_state(model: Any, state: Mapping[str, Tensor], source: str) -> None:
     """Load a checkpoint's ``state`` strictly, less what an older or leaner checkpoint may leave out.
 
     Frozen reference weights it leaves out come from their pin; ``OPTIONAL_STATE_KEYS`` it leaves out (written
@@ -195,7 +192,7 @@ def _refuse_code(value: Any, where: str) -> None:
 
 
 def build_method(config: Mapping[str, Any], where: str, expect: type | None = None,
-                 pretrained_download: bool = False) -> ZooModule:
+                 pretrained_download: bool = False) -> Any:
     """The registered method ``config`` names (``{"name", "init_args"}``, read from a file), built as data.
 
     Only a method registered in ``zoo.methods`` is built, by its registry name; its ``init_args`` are
