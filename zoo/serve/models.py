@@ -68,6 +68,7 @@ class Served:
             "tiny": self.tiny(),
             "untrained": bool(getattr(model, "untrained", False)),
             "uncalibrated": not model.is_calibrated(),
+            "calibrates_threshold": bool(task.binary and model.calibrates_threshold),
             "card": self.card(),
             "not_meant": NOT_MEANT.get(task.name, NOT_MEANT_ANY),
             "validation_scores": self.validation_scores(),

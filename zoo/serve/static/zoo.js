@@ -67,7 +67,8 @@ const ZooServe = (() => {
     document.title = model.name + " — zoo serve";
     document.getElementById("method").textContent = model.display_name + " · " + model.task.replace(/_/g, " ");
     document.getElementById("question").textContent = model.question.charAt(0).toUpperCase() + model.question.slice(1);
-    document.getElementById("about").textContent = model.name + ": " + model.display_name +
+    document.getElementById("about").textContent = (model.display_name === model.name ? model.name :
+      model.name + ": " + model.display_name) +
       (model.paper ? " (" + model.paper + ")" : "") + ".";
     document.getElementById("not-meant").textContent = model.not_meant;
     document.getElementById("card").textContent = model.card;
@@ -174,7 +175,7 @@ const ZooServe = (() => {
       if ("pdf_0" in row) evidence.append(pdfBars(row));
       if ("score" in row && model.validation_scores) evidence.append(distributions(model, row));
       else if ("score" in row && "threshold" in row && row.threshold !== null) evidence.append(scoreLine(row));
-      else if ("score" in row && model.task !== "copy_detection") {
+      else if ("score" in row && model.calibrates_threshold) {
         evidence.append(el("p", { class: "note" }, "This model keeps no validation score distributions (it does not " +
           "calibrate a threshold, or its checkpoint predates them), so the score is shown alone."));
       }
@@ -212,7 +213,7 @@ const ZooServe = (() => {
     levels.forEach((k, i) => {
       const p = row["pdf_" + k] || 0;
       const h = p * (height - bottom - top);
-      const chosen = k === row.level;
+      const chosen = k === ("level_argmax" in row ? row.level_argmax : Math.round(row.level));
       chart.append(svg("rect", { x: left + i * barW + 6, y: height - bottom - h, width: barW - 12, height: h,
         class: chosen ? "bar chosen" : "bar", "data-level": k, "data-p": p }));
       chart.append(svg("text", { x: left + i * barW + barW / 2, y: height - 10, "text-anchor": "middle" }, "level " + k));
@@ -222,8 +223,18 @@ const ZooServe = (() => {
     const facts = [];
     if ("similarity" in row) facts.push("similarity " + fmt(row.similarity));
     if ("level_expected" in row) facts.push("expected level " + fmt(row.level_expected));
-    return el("figure", {}, chart, el("figcaption", {}, "The model's probability of each level" +
+    return el("figure", {}, chart, el("figcaption", {}, "The model's probability of each level (the darker bar: " +
+      "the most probable)" +
       (facts.length ? "; " + facts.join(", ") : "") + "."));
+  }
+
+  // a label's x, kept inside the drawing so that a value at either end is not cut off
+  function inside(x, width) {
+    return Math.min(Math.max(x, 70), width - 70);
+  }
+
+  function thresholdLabel(row) {
+    return (row.uncalibrated ? "default threshold (not calibrated) " : "threshold ") + fmt(row.threshold);
   }
 
   function axisScale(values, lo, hi) {
@@ -237,7 +248,7 @@ const ZooServe = (() => {
   // the score against the validation scores of both classes (box: middle half, whiskers: all) and the threshold
   function distributions(model, row) {
     const vs = model.validation_scores;
-    const width = 600, left = 110, right = 20, rowH = 46, top = 26;
+    const width = 600, left = 160, right = 20, rowH = 46, top = 26;
     const height = top + rowH * 2 + 40;
     const all = vs.quantiles.flat().filter((v) => v !== null).concat([row.score]);
     if (row.threshold !== null && row.threshold !== undefined) all.push(row.threshold);
@@ -259,12 +270,13 @@ const ZooServe = (() => {
     if (row.threshold !== null && row.threshold !== undefined) {
       chart.append(svg("line", { x1: x(row.threshold), x2: x(row.threshold), y1: top - 10, y2: base, class: "threshold",
         id: "threshold-line", "data-value": row.threshold }));
-      chart.append(svg("text", { x: x(row.threshold), y: top - 14, "text-anchor": "middle", class: "small" },
-        "threshold " + fmt(row.threshold)));
+      chart.append(svg("text", { x: inside(x(row.threshold), width), y: top - 14, "text-anchor": "middle",
+        class: "small" }, thresholdLabel(row)));
     }
     chart.append(svg("path", { d: `M ${x(row.score)} ${base + 4} l -7 12 l 14 0 z`, class: "marker",
       id: "score-marker", "data-value": row.score }));
-    chart.append(svg("text", { x: x(row.score), y: base + 30, "text-anchor": "middle" }, "this image: " + fmt(row.score)));
+    chart.append(svg("text", { x: inside(x(row.score), width), y: base + 30, "text-anchor": "middle" },
+      "this image: " + fmt(row.score)));
     const unit = model.task === "fake_detection" ? "probability generated" : "score";
     return el("figure", {}, chart, el("figcaption", {}, "This image's " + unit + " (triangle) against the " +
       "validation images the threshold was calibrated on: each box holds the middle half of a class's scores, " +
@@ -281,11 +293,12 @@ const ZooServe = (() => {
     chart.append(svg("line", { x1: left, x2: width - right, y1: y, y2: y, class: "axis" }));
     chart.append(svg("line", { x1: x(row.threshold), x2: x(row.threshold), y1: y - 22, y2: y + 10, class: "threshold",
       id: "threshold-line", "data-value": row.threshold }));
-    chart.append(svg("text", { x: x(row.threshold), y: y - 26, "text-anchor": "middle", class: "small" },
-      "threshold " + fmt(row.threshold)));
+    chart.append(svg("text", { x: inside(x(row.threshold), width), y: y - 26, "text-anchor": "middle", class: "small" },
+      thresholdLabel(row)));
     chart.append(svg("path", { d: `M ${x(row.score)} ${y + 4} l -7 12 l 14 0 z`, class: "marker", id: "score-marker",
       "data-value": row.score }));
-    chart.append(svg("text", { x: x(row.score), y: y + 32, "text-anchor": "middle" }, "this image: " + fmt(row.score)));
+    chart.append(svg("text", { x: inside(x(row.score), width), y: y + 32, "text-anchor": "middle" },
+      "this image: " + fmt(row.score)));
     return el("figure", {}, chart, el("figcaption", {}, "The score (triangle) against the decision threshold."));
   }
 
@@ -303,7 +316,8 @@ const ZooServe = (() => {
     }
     chart.append(svg("path", { d: `M ${x(row.p_value)} ${y + 4} l -7 12 l 14 0 z`, class: "marker",
       id: "pvalue-marker", "data-value": row.p_value }));
-    chart.append(svg("text", { x: x(row.p_value), y: y + 32, "text-anchor": "middle" }, "p = " + fmt(row.p_value)));
+    chart.append(svg("text", { x: inside(x(row.p_value), width), y: y + 32, "text-anchor": "middle" },
+      "p = " + fmt(row.p_value)));
     const decided = row.decision === null || row.decision === undefined ? "no decision is stated" :
       "the test decided " + (row.verdict || row.decision);
     return el("figure", {}, chart, el("figcaption", {}, "This image's reconstruction loss is " + fmt(row.loss) +
