@@ -55,8 +55,6 @@ LIBRARY_NAME = "provenance-zoo"
 DEFAULT_LICENSE = "apache-2.0"
 REGISTRY_ENV = "ZOO_PRETRAINED"  # a JSON file of more known checkpoints, e.g. an organisation's own
 CONVERTED_DIR = "provenance-zoo"  # released checkpoints, converted, under the Hugging Face cache
-# the Hub's pipeline tags for the tasks that have one (copyright and attribution take a model pair: none fits)
-PIPELINE_TAGS = {"fake_detection": "image-classification", "copy_detection": "image-feature-extraction"}
 ZOO_BIBTEX = """@software{provenance_zoo,
   title = {provenance-zoo: a PyTorch Lightning model zoo for the provenance of images},
   url = {https://pypi.org/project/provenance-zoo/},
@@ -503,6 +501,7 @@ def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = N
 
     cls = zoo_registry.methods.load(config["name"])
     task = cls.task  # the class's own task: a config.json's "task" entry is informative only
+    spec = get_task(task)
     task_tag = task.replace("_", "-")
     metrics = {k: _number(v, k) for k, v in (metrics or {}).items() if not _is_threshold(k)}
     hub_dataset = dataset if dataset and looks_like_repo_id(dataset) else None
@@ -518,13 +517,13 @@ def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = N
         library_name=LIBRARY_NAME, tags=[LIBRARY_NAME, task_tag, config["name"]],
         license=getattr(cls, "license", DEFAULT_LICENSE), datasets=[hub_dataset] if hub_dataset else None,
         base_model=base_models(cls, config["init_args"]) or None, model_name=repo_id.split("/")[-1],
-        pipeline_tag=PIPELINE_TAGS.get(task), eval_results=eval_results or None,
+        pipeline_tag=spec.pipeline_tag, eval_results=eval_results or None,
     )
     ref = f"{HUB_PREFIX}{repo_id}" + (f"@{revision}" if revision else "")
     title = cls.display_name or config["name"]
     lines = [
         f"# {repo_id.split('/')[-1]}", "",
-        f"**{title}** for {task.replace('_', ' ')}: {get_task(task).question} "
+        f"**{title}** for {task.replace('_', ' ')}: {spec.question} "
         f"Published with [{LIBRARY_NAME}](https://pypi.org/project/{LIBRARY_NAME}/).", "",
         "## Load", "", "```python",
         f'from zoo.module import ZooModule; model = ZooModule.from_pretrained("{ref}")', "```", "",
@@ -533,7 +532,7 @@ def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = N
     if metrics:
         lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {key} | {value:.4f} |" for key, value in sorted(metrics.items())] + [""]
-    if threshold is not None and task == "fake_detection":  # its score is a logit: shown as zoo predict shows it
+    if threshold is not None and spec.score_is_logit:  # shown as zoo predict shows it
         import torch
 
         probability = float(torch.sigmoid(torch.tensor(float(threshold))))

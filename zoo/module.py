@@ -37,7 +37,7 @@ from zoo.checkpoint import build_method as build_method
 from zoo.checkpoint import convert_checkpoint as convert_checkpoint
 from zoo.checkpoint import read_weights_only as read_weights_only
 from zoo.errors import ZooError
-from zoo.tasks import TASK_NAMES, Task, get_task
+from zoo.tasks import Task, get_task, task_names
 from zoo.tasks.metrics import best_accuracy_threshold
 
 VAL_SCORE_QUANTILES = 33  # the stored validation score distributions: min, every 1/32 of the way, max
@@ -68,8 +68,8 @@ class ZooModule(pl.LightningModule):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.task and cls.task not in TASK_NAMES:
-            raise ZooError(f"{cls.__name__}.task is {cls.task!r}; it must be one of {', '.join(TASK_NAMES)}")
+        if cls.task and cls.task not in task_names():  # the registered tasks, a plugin's among them
+            raise ZooError(f"{cls.__name__}.task is {cls.task!r}; it must be one of {', '.join(task_names())}")
 
     def __init__(self) -> None:
         super().__init__()

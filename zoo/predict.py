@@ -5,16 +5,12 @@ module; it takes any model with the ZooModule's prediction interface and imports
 no labels; every input gets a row, and an input that cannot be read gets its reason in the ``error``
 column (or, with ``skip_bad_images=False``, stops the run with its path).
 
-The columns are the task's prediction schema in units a person reads:
-    fake_detection  score (probability generated, the sigmoid of the method's logit), logit, decision,
-                    verdict, threshold (as a probability), threshold_logit (the same threshold as a logit)
-    copy_detection  level (the method's point prediction; 5 for an exact copy), exact_copy (1 where the two
-                    images are the same pixels at the model's input size), level_argmax and level_expected
-                    (read from the six-level PDF; 5 for an exact copy), pdf_0 .. pdf_5, similarity, where the
-                    method gives them
-    attribution     score, loss, p_value, decision, verdict
-    copyright       score, decision, verdict, threshold, artifact (the original / masked / recovered picture)
-Any other prediction a method returns is written too.
+The columns are the task's prediction schema in units a person reads, as the task writes them
+(``Task.readable``, ``Task.first_columns``; each task module's docstring lists its own): a binary task's
+score, decision, verdict and threshold, with the score and threshold as probabilities and their logits in
+``logit`` and ``threshold_logit`` where the score is a logit (fake detection); copy detection's level,
+exact_copy, level_argmax and level_expected, pdf_0 .. pdf_5 and similarity. Any other prediction a method
+returns is written too. A task whose ``inputs`` are pairs scores (generated, real) pairs, the others images.
 
 Example:
     zoo predict --ckpt_path runs/fake/zoo --inputs my_images/ --output predictions.csv
@@ -260,10 +256,11 @@ def predict(
         if isinstance(value, bool) or not isinstance(value, int) or value < least:  # as zoo predict checks them
             raise ZooError(f"{name}={value!r}: expected a whole number of at least {least}")
     task = model.task_spec
-    pairs = task.name == "copy_detection"
+    pairs = task.inputs == "pairs"
     width = {len(item.sources) for item in items}
     if pairs and width != {2}:
-        raise ZooError(f"{type(model).__name__} is a copy-detection method: it scores pairs (--pairs pairs.csv with "
+        raise ZooError(f"{type(model).__name__} is a {task.name.replace('_', '-')} method: it scores pairs "
+                       "(--pairs pairs.csv with "
                        "the columns generated,real, or --inputs GENERATED REAL)")
     if not pairs and width != {1}:
         raise ZooError(f"{type(model).__name__} is a {task.name} method: it scores images (--inputs), not pairs")
@@ -340,35 +337,11 @@ def readable(model: Any, pred: dict[str, Any], size: int) -> list[dict[str, Any]
                     columns[f"{key}_{j}"] = value[:, j].tolist()
         else:
             columns[key] = list(value)
-    if task.binary:
-        decision = columns.get("decision", [None] * size)
-        columns["verdict"] = [task.positive if d == 1 else task.negative for d in decision]
-        threshold = float(model.threshold) if model.calibrates_threshold else None
-        if task.name == "fake_detection":
-            # one meaning per word: score and threshold are probabilities, their logits have columns of their own
-            columns["logit"] = columns["score"]
-            columns["score"] = model.probability(pred["score"].detach().cpu()).tolist()
-            if threshold is not None:
-                columns["threshold_logit"] = [threshold] * size
-                threshold = float(model.probability(model.threshold.detach().cpu()))
-        if threshold is not None:
-            columns["threshold"] = [threshold] * size
-    elif "pdf" in pred:
-        pdf = pred["pdf"].detach().float().cpu()
-        argmax = pdf.argmax(dim=1)
-        expected = pdf @ torch.arange(pdf.shape[1], dtype=pdf.dtype)
-        if "exact_copy" in pred:  # the same pixels (the task's rule) are level 5 whatever the PDF says
-            exact = pred["exact_copy"].detach().cpu().bool()
-            argmax = torch.where(exact, torch.full_like(argmax, pdf.shape[1] - 1), argmax)
-            expected = torch.where(exact, torch.full_like(expected, pdf.shape[1] - 1), expected)
-        columns["level_argmax"] = argmax.tolist()
-        columns["level_expected"] = expected.tolist()
-    order = [*(c for c in _FIRST if c in columns), *(c for c in columns if c not in _FIRST)]
+    if task.readable is not None:  # the task's own columns: a verdict in its words, levels read from a PDF, ...
+        task.readable(model, pred, columns, size)
+    first = task.first_columns
+    order = [*(c for c in first if c in columns), *(c for c in columns if c not in first)]
     return [{c: columns[c][j] for c in order} for j in range(size)]
-
-
-_FIRST = ("score", "logit", "decision", "verdict", "threshold", "threshold_logit", "level", "level_argmax", "level_expected",
-          "similarity", "exact_copy")
 
 
 def _input_columns(item: Item, pairs: bool) -> dict[str, str]:

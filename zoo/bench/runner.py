@@ -316,12 +316,12 @@ def _execute(job: Job, job_dir: Path, progress: Any, progress_task: Any) -> dict
         start = time.perf_counter()
         out = trainer.test(tested, datamodule=data, verbose=False)
         test_s = time.perf_counter() - start
-        if job.task == "copy_detection":
+        if tested.task_spec.train_predictions:  # the report derives rows of the task from them
             write_train_predictions(tested, data, job_dir / TRAIN_PREDICTIONS_NAME)
     metrics = {k.split("/", 1)[1]: float(v) for k, v in (out[0] if out else {}).items() if k.startswith("test/")}
     if not metrics:
         raise ZooError(f"{job.id}: the test split gave no metrics")
-    if job.task == "fake_detection" and "threshold" in metrics:
+    if tested.task_spec.score_is_logit and "threshold" in metrics:
         # one meaning per word: the threshold is a probability, as `zoo predict` prints it; its logit beside it
         metrics["threshold_logit"] = metrics["threshold"]
         metrics["threshold"] = float(tested.probability(torch.tensor(metrics["threshold"])))

@@ -1,29 +1,36 @@
-"""The four tasks: batch contract, prediction schema and metrics of each.
+"""The tasks: batch contract, prediction schema, metrics and how the harness shows each (``Task``).
 
-Any method of a task is compared with any other on the same data through these definitions.
+Any method of a task is compared with any other on the same data through these definitions. A task is a
+plugin like a method: a ``Task`` instance declared in a plugin's manifest under ``zoo.tasks`` (the zoo's
+own four in ``zoo/zoo_plugin.json``) and found through ``zoo.registry.tasks``.
 """
 
 from __future__ import annotations
 
-from zoo.errors import ZooError
-from zoo.tasks.base import Field, Task
+from typing import Any
 
-TASK_NAMES = ("copy_detection", "fake_detection", "copyright", "attribution")
+from zoo.tasks.base import Field, Task
 
 
 def get_task(name: str) -> Task:
-    """The task called ``name``."""
-    if name == "copy_detection":
-        from zoo.tasks.copy_detection import TASK
-    elif name == "fake_detection":
-        from zoo.tasks.fake_detection import TASK
-    elif name == "copyright":
-        from zoo.tasks.copyright import TASK
-    elif name == "attribution":
-        from zoo.tasks.attribution import TASK
-    else:
-        raise ZooError(f"unknown task {name!r}; the tasks are {', '.join(TASK_NAMES)}")
-    return TASK
+    """The task called ``name``; a ZooError naming the registered tasks if there is none."""
+    from zoo import registry
+
+    return registry.tasks.load(name)
 
 
-__all__ = ["TASK_NAMES", "Field", "Task", "get_task"]
+def task_names() -> tuple[str, ...]:
+    """The names of every registered task."""
+    from zoo import registry
+
+    return tuple(registry.tasks.names())
+
+
+def __getattr__(name: str) -> Any:
+    # TASK_NAMES is read from the registry when asked for, so that importing the tasks reads no manifest
+    if name == "TASK_NAMES":
+        return task_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["TASK_NAMES", "Field", "Task", "get_task", "task_names"]
