@@ -64,16 +64,26 @@ def load_folder(directory: str | Path, expect: type | None = None, *, trusted: A
     if overrides:
         config = {**config, "init_args": {**config["init_args"], **overrides}}
     method_class(config, str(directory / CONFIG_NAME), expect)  # a wrong name fails before anything is read
+    state = _folder_weights(directory)
+    # a path the config names (an encoder's weights file, a local-dir:) must lie inside this folder
+    with backbones.from_checkpoint(directory, trusted=backbones.strings([overrides, trusted or {}])):
+        model = build_method(config, str(directory / CONFIG_NAME), expect=expect)
+        load_checkpoint_state(model, state, str(directory / WEIGHTS_NAME))
+    return model.eval()
+
+
+def load_weights(model: Any, directory: str | Path) -> None:
+    """Load the weights of a checkpoint folder into ``model``, built by the caller (``zoo test --model ...``)."""
+    directory = Path(directory)
+    load_checkpoint_state(model, _folder_weights(directory), str(directory / WEIGHTS_NAME))
+
+
+def _folder_weights(directory: Path) -> dict[str, Tensor]:
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise ZooError(f"{directory} has no {WEIGHTS_NAME}: a zoo checkpoint is a folder with {CONFIG_NAME} and "
                        f"{WEIGHTS_NAME}")
-    state = read_weights(weights)
-    # a path the config names (an encoder's weights file, a local-dir:) must lie inside this folder
-    with backbones.from_checkpoint(directory, trusted=backbones.strings([overrides, trusted or {}])):
-        model = build_method(config, str(directory / CONFIG_NAME), expect=expect)
-        load_checkpoint_state(model, state, str(weights))
-    return model.eval()
+    return read_weights(weights)
 
 
 def load_checkpoint_state(model: Any, state: Mapping[str, Tensor], source: str) -> None:
