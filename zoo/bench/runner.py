@@ -1,7 +1,7 @@
 """Runs benchmark jobs: each one fits (when its method trains) and tests through LightningCLI, in its own folder.
 
-A job is built by ``ZooCLI`` from the LightningCLI config it writes (``job.yaml``), exactly as
-``zoo fit --config job.yaml`` would build it. Then:
+A job is built by ``zoo.training.RunConfig``, on which ``zoo fit`` builds, from the LightningCLI config it
+writes (``job.yaml``), exactly as ``zoo fit --config job.yaml`` would build it. Then:
 
 * a method that trains is fitted (validation calibrates a binary threshold each epoch) and exported;
 * a method that does not train is validated (which calibrates its threshold) and exported;
@@ -281,8 +281,8 @@ def run_job(job: Job, job_dir: Path, progress: Any = None, progress_task: Any = 
 
 def _execute(job: Job, job_dir: Path, progress: Any, progress_task: Any) -> dict[str, Any]:
     from zoo import registry
-    from zoo.cli import ExportOnFitEnd, ZooCLI
     from zoo.module import load_folder
+    from zoo.training import ExportOnFitEnd, RunConfig
 
     if job.error:
         raise ZooError(job.error)
@@ -295,8 +295,8 @@ def _execute(job: Job, job_dir: Path, progress: Any, progress_task: Any) -> dict
     callbacks: list[Callback] = [ExportOnFitEnd(), writer]
     if progress is not None:
         callbacks.append(JobProgress(progress, progress_task, job.label))
-    # a config value the parser refuses raises one ZooError naming the argument (ZooCLI parses without exiting)
-    cli = ZooCLI(["--config", str(config_path)], run=False, trainer_defaults={"callbacks": callbacks})
+    # a config value the parser refuses raises one ZooError naming the argument (it parses without exiting)
+    cli = RunConfig(["--config", str(config_path)], run=False, trainer_defaults={"callbacks": callbacks})
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     used = _record_splits(data)
     with PeakMemory() as memory:
