@@ -46,7 +46,7 @@ def _quiet() -> None:
 
 def __getattr__(name: str) -> Any:
     # LightningCLI is imported only by the subcommands that use it
-    if name in ("ZooCLI", "ExportOnFitEnd", "prepare_args"):
+    if name in ("ZooCLI", "ExportOnFitEnd"):
         from zoo.cli import lightning as lightning_cli
 
         return getattr(lightning_cli, name)
