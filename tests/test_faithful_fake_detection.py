@@ -14,12 +14,13 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-from zoo_cnn_detector.lightning_model import FakeDetector
-from zoo_cnn_detector.torch_model import fancy_pca
+
+from zoo.module import ZooModule
+from zoo.recipes.fake_detection import FakeDetectorRecipe, fancy_pca
 
 
-class LinearProbe(FakeDetector):
-    """The smallest FakeDetector: the paper's recipe on a linear layer over 4 features."""
+class LinearProbe(FakeDetectorRecipe, ZooModule):
+    """The smallest detector of the paper's recipe: a linear layer over 4 features."""
 
     def __init__(self, optimizer: str = "sgd", lr: float = 0.1, momentum: float = 0.0, weight_decay: float = 1e-7,
                  min_lr_ratio: float = 1e-3, pos_weight: float | None = 1.0, augment: bool = False) -> None:

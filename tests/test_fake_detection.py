@@ -17,8 +17,7 @@ from safetensors.torch import load_file
 from scipy.ndimage import gaussian_filter
 from zoo_clip_mlp.lightning_model import CLIPMLP, UniversalFakeDetect
 from zoo_clip_mlp.torch_model import BlurJpeg, FeatureCache, fit_head, make_head
-from zoo_cnn_detector.lightning_model import CNNDetector, count_pos_weight
-from zoo_cnn_detector.torch_model import Augment
+from zoo_cnn_detector.lightning_model import CNNDetector
 
 from zoo import backbones
 from zoo.cli import ZooCLI, main
@@ -27,6 +26,7 @@ from zoo.data.folders import FakeImageFolders
 from zoo.data.mini_datamodules import MiniFakeDetection
 from zoo.errors import ZooError
 from zoo.module import ZooModule, load_folder
+from zoo.recipes.fake_detection import Augment, count_pos_weight
 
 TINY_VARIANTS = [(cls, v) for cls in (CLIPMLP, UniversalFakeDetect, CNNDetector) for v in cls.variants
                  if v.startswith("tiny")]
@@ -488,11 +488,11 @@ def test_cnn_rows_state_the_zoos_values() -> None:
     epochs", "early stopping", "saved model": the numbers and names the rows state."""
     import inspect
 
-    from zoo_cnn_detector import torch_model as cnn
+    from zoo.recipes import fake_detection as recipe
 
-    assert inspect.signature(cnn.gauss_noise).parameters["var_limit"].default == (10.0, 50.0)
-    assert inspect.signature(cnn.brightness_contrast).parameters["limit"].default == 0.2
-    assert inspect.signature(cnn.fancy_pca).parameters["alpha_std"].default == 0.1
+    assert inspect.signature(recipe.gauss_noise).parameters["var_limit"].default == (10.0, 50.0)
+    assert inspect.signature(recipe.brightness_contrast).parameters["limit"].default == 0.2
+    assert inspect.signature(recipe.fancy_pca).parameters["alpha_std"].default == 0.1
     jitter = Augment((0.5,) * 3, (0.5,) * 3).pixels.transforms[2].transforms[0].transforms[2]
     assert jitter.hue == (-20 / 180, 20 / 180) and jitter.saturation == (1 - 30 / 255, 1 + 30 / 255)
     assert jitter.brightness == (1 - 20 / 255, 1 + 20 / 255)

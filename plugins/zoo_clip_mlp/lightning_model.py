@@ -10,18 +10,17 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
-from zoo_cnn_detector.lightning_model import FakeDetector
-from zoo_cnn_detector.torch_model import Augment, normalization_of
 
 from zoo import backbones
 from zoo.errors import ZooError
-from zoo.module import read_weights_only
+from zoo.module import ZooModule, read_weights_only
+from zoo.recipes.fake_detection import Augment, FakeDetectorRecipe, normalization_of
 from zoo_clip_mlp.torch_model import BlurJpeg, CLIPMLPNet, FeatureCache, content_digest, weights_fingerprint
 
 TINY = {"encoder": "open_clip:zoo-tiny-clip", "pretrained": False}
 
 
-class CLIPMLP(FakeDetector):
+class CLIPMLP(FakeDetectorRecipe, ZooModule):
     """A head (linear, MLP or deeper MLP) on frozen CLIP image features, optionally with the caption's.
 
     Args:
@@ -37,7 +36,7 @@ class CLIPMLP(FakeDetector):
             encoder (spec, pretrained tag, pre-processing and weights), rows keyed by image content, so a
             second run over the same images skips the encoder. None: no cache. Not used when the model is
             loaded from a checkpoint.
-        optimizer / lr / momentum / weight_decay / min_lr_ratio / pos_weight: the recipe of ``FakeDetector``.
+        optimizer / lr / momentum / weight_decay / min_lr_ratio / pos_weight: the recipe of ``FakeDetectorRecipe``.
         augment: the paper's augmentations before the encoder (incompatible with ``feature_cache``: an
             augmented image has no fixed feature).
         image_size / model_kwargs: encoder overrides, for tiny variants.

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from zoo_cnn_detector.torch_model import PixelAugment, release_cosine_schedule
 
 from zoo.backbones import Encoder, freeze
 from zoo.errors import ZooError
+from zoo.recipes.fake_detection import PixelAugment, release_cosine_schedule
 
 # hidden widths of each head: the release's test.py (model 2, 3, 4) builds Linear(d, 1); Linear(d, 512),
 # Linear(512, 512), Linear(512, 1); and Linear(d, 512), Linear(512, 512), Linear(512, 256), Linear(256, 256),

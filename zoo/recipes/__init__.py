@@ -1,0 +1,1 @@
+"""Training recipes that more than one plugin uses (a plugin never imports another)."""
