@@ -245,6 +245,15 @@ def test_bad_input_is_named(mini_gallery: dict[str, Path], tmp_path: Path) -> No
     assert _zoo("match", "--gallery", str(out), "--generated", "nameless", "--output", str(tmp_path / "r")) == 2
 
 
+def test_only_a_method_of_the_retrieval_protocol_embeds_a_gallery() -> None:
+    from zoo.gallery.methods import Retrieval
+
+    assert isinstance(gallery.load_method(METHOD, "tiny"), Retrieval)
+    with pytest.raises(ZooError, match=r"^CNNDetector: CNNDetector has no embed\(\) and pair_from_embeddings\(\): "
+                                       "gallery search needs a copy-detection method with descriptors"):
+        gallery.load_method("CNNDetector", "tiny")
+
+
 def test_scale_benchmark_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import faiss
 

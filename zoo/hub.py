@@ -51,8 +51,6 @@ from zoo.errors import ZooError, redact
 HUB_PREFIX = "hf-hub:"
 CARD_NAME = "README.md"
 LIBRARY_NAME = "provenance-zoo"
-# the zoo's own license; a method class may declare ``license`` for weights under other terms
-DEFAULT_LICENSE = "apache-2.0"
 REGISTRY_ENV = "ZOO_PRETRAINED"  # a JSON file of more known checkpoints, e.g. an organisation's own
 CONVERTED_DIR = "provenance-zoo"  # released checkpoints, converted, under the Hugging Face cache
 ZOO_BIBTEX = """@software{provenance_zoo,
@@ -515,7 +513,7 @@ def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = N
         ))
     data = ModelCardData(
         library_name=LIBRARY_NAME, tags=[LIBRARY_NAME, task_tag, config["name"]],
-        license=getattr(cls, "license", DEFAULT_LICENSE), datasets=[hub_dataset] if hub_dataset else None,
+        license=cls.license, datasets=[hub_dataset] if hub_dataset else None,
         base_model=base_models(cls, config["init_args"]) or None, model_name=repo_id.split("/")[-1],
         pipeline_tag=spec.pipeline_tag, eval_results=eval_results or None,
     )
@@ -558,7 +556,7 @@ def model_card(config: dict[str, Any], repo_id: str, *, revision: str | None = N
               "generated, copied or used for training.",
               "- Numbers on the zoo's mini sets only show that the method learns what such a set encodes; they "
               "are not paper-scale results.", ""]
-    citation = getattr(cls, "bibtex", "").strip()
+    citation = cls.bibtex.strip()
     lines += ["## Citation", "", f"The method: {cls.paper or '(the method declares no paper)'}.", "",
               "```bibtex", *([citation, ""] if citation else []), ZOO_BIBTEX, "```", ""]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))  # parses it back: a bad card fails here

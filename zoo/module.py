@@ -51,6 +51,9 @@ class ZooModule(pl.LightningModule):
         paper: the paper it implements, as "Title (Venue Year)".
         variants: named sets of constructor arguments; ``tiny`` is the offline test variant every method has.
         trains: False for methods with nothing to learn by gradient descent (the harness then skips ``fit``).
+        license: the license of its weights, on the model card (the zoo's own, Apache-2.0, unless the
+            weights come under other terms, e.g. a paper's released checkpoint).
+        bibtex: the BibTeX entry of its paper, cited on the model card beside the zoo's ("" for none).
     """
 
     task: ClassVar[str] = ""
@@ -65,6 +68,8 @@ class ZooModule(pl.LightningModule):
     tiny_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 2}
     # a short human name shown in ``zoo list`` beside the registry name, e.g. "UniversalFakeDetect"
     display_name: ClassVar[str] = ""
+    license: ClassVar[str] = "apache-2.0"  # a Hub license id
+    bibtex: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

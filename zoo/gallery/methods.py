@@ -1,6 +1,7 @@
 """The copy-detection method that embeds a gallery: built by registry name, or loaded as data.
 
-Gallery search needs a method with ``embed(images)`` and ``pair_from_embeddings(generated, real)``. It is
+Gallery search needs a method of the ``Retrieval`` protocol: ``embed(images)`` and
+``pair_from_embeddings(generated, real)``. It is
 named by its registry name (built with a fixed seed, so that a random or noise-initialised model is the
 same model when a killed ``zoo embed`` is run again), a zoo checkpoint folder or ``hf-hub:org/name``.
 A checkpoint, and the ``model/`` folder of an embedded gallery, are read with
@@ -12,13 +13,30 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import Tensor
 
 from zoo.errors import ZooError
 
 DEFAULT_SEED = 0
+
+
+@runtime_checkable
+class Retrieval(Protocol):
+    """What gallery search needs of a copy-detection method: descriptors, and predictions from two of them.
+
+    A method need not inherit from it: having both methods makes it one (``isinstance(method, Retrieval)``).
+    """
+
+    def embed(self, images: Tensor) -> Tensor:
+        """(B, D) descriptors of pre-processed images, stored in the gallery's shards."""
+        ...
+
+    def pair_from_embeddings(self, generated_emb: Tensor, real_emb: Tensor) -> dict[str, Tensor]:
+        """Predictions of the copy-detection schema from two rows of stored descriptors, without the encoder."""
+        ...
 
 
 def load_method(spec: str, variant: str | None = None, init_args: Mapping[str, Any] | None = None,
@@ -60,13 +78,12 @@ def load_method(spec: str, variant: str | None = None, init_args: Mapping[str, A
 
 
 def check_retrieval(method: Any, where: str) -> None:
-    """Refuse a method without ``embed`` and ``pair_from_embeddings``."""
-    for attr in ("embed", "pair_from_embeddings"):
-        if not callable(getattr(method, attr, None)):
-            raise ZooError(
-                f"{where}: {type(method).__name__} has no {attr}(): gallery search needs a copy-detection method "
-                "with descriptors (embed and pair_from_embeddings)"
-            )
+    """Refuse a method that is not a ``Retrieval`` (no ``embed`` or no ``pair_from_embeddings``), in one line."""
+    if not isinstance(method, Retrieval):
+        raise ZooError(
+            f"{where}: {type(method).__name__} has no embed() and pair_from_embeddings(): gallery search needs a "
+            "copy-detection method with descriptors (the Retrieval protocol of zoo.gallery.methods)"
+        )
 
 
 def fingerprint(method: torch.nn.Module) -> str:
