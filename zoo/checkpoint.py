@@ -13,13 +13,14 @@ weights are read without unpickling (safetensors, or ``torch.load(weights_only=T
 
 Format versions (``FORMAT_VERSION`` is the newest this code reads and the one it writes):
     1: the layout above. A ``config.json`` without ``format_version`` (written by hand, or before the field
-       was read) has this layout and is read as version 1.
-A version newer than ``FORMAT_VERSION`` is refused with one line that says to upgrade; anything that is not
-a whole number is refused too.
+       was read) has this layout and is read as version 1. State keys added to version 1 later
+       (``OPTIONAL_STATE_KEYS``) may be missing from an older file; they load at their empty defaults.
+A version newer than ``FORMAT_VERSION`` is refused with one line that says to upgrade, and one that is not a
+whole number from 1 is refused too, whether it comes from a folder or from a Lightning ``.ckpt``.
 
 Example:
-    >>> folder = write_checkpoint(model.zoo_config(), model.state_dict(), "runs/pdf/export")
-    >>> model = load_folder(newest_export(Path("runs/pdf")))
+    >>> model = load_folder(newest_export(Path("runs/pdf")))  # the newest export of a `zoo fit` run
+    >>> convert_checkpoint("runs/pdf/lightning_logs/version_0/checkpoints/last.ckpt", "exports/pdf")
 """
 
 from __future__ import annotations
