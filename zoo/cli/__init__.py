@@ -132,8 +132,10 @@ COMMANDS: dict[str, str | Callable[[list[str]], int]] = {
     "index": "zoo.cli.gallery:cmd_index",
     "match": "zoo.cli.gallery:cmd_match",
     "replication-ratio": "zoo.cli.gallery:cmd_match",
+    "serve": "zoo.cli.serve:cmd_serve",
 }
 SUMMARIES = {
+    "serve": "Serve models over HTTP: zoo predict's rows as an API, and a web page per model.",
     "list": "Print the registered methods and datamodules (--pretrained: the known checkpoints).",
     "predict": "Score your own images (--inputs) or pairs (--pairs) with a checkpoint; one row per input.",
     "convert": "Convert a Lightning .ckpt, or a paper's released checkpoint, into a zoo checkpoint folder.",
