@@ -2,7 +2,8 @@
 
 - ``suite.py``: a suite file (YAML) expanded into jobs;
 - ``runner.py``: each job fitted (when its method trains) and tested, in its own folder;
-- ``report.py`` and ``stats.py``: the report folder, with bootstrap intervals and a chance row;
+- ``report/`` (tables, plots, contact sheets, README, environment) and ``stats.py`` (the bootstrap): the report
+  folder, with intervals and a chance row; what is particular to a task comes from its ``Task``;
 - ``perf.py``: the shared pieces of the throughput scripts in ``benchmarks/perf/``;
 - ``publish_results`` (here): every exported checkpoint pushed to the Hub with its measured metrics.
 """
