@@ -423,7 +423,7 @@ def test_a_checkpoint_may_not_name_a_generator_module(inversion, tmp_path, capsy
 @pytest.mark.parametrize("field", ["diffusers:{outside}", "vae-decoder:../outside", "mini-decoder:{outside}",
                                    "calibration"])
 def test_a_generator_folder_in_a_checkpoint_must_lie_inside_it(field, inversion, tmp_path, capsys):
-    from zoo_inversion_attribution.generators import MiniDecoder, save_mini_decoder
+    from zoo_inversion_attribution.mini_decoder import MiniDecoder, save_mini_decoder
 
     outside = save_mini_decoder(MiniDecoder(4, 8), tmp_path / "outside")  # a folder each loader would read
     for i in range(3):
@@ -435,7 +435,7 @@ def test_a_generator_folder_in_a_checkpoint_must_lie_inside_it(field, inversion,
 
 
 def test_a_generator_folder_inside_the_checkpoint_and_a_hub_id_stay_allowed(inversion, tmp_path):
-    from zoo_inversion_attribution.generators import MiniDecoder, save_mini_decoder
+    from zoo_inversion_attribution.mini_decoder import MiniDecoder, save_mini_decoder
 
     from zoo.backbones import checkpoint_source, from_checkpoint
 
@@ -539,7 +539,7 @@ def test_cgidm_folders_the_user_names_may_lie_anywhere(cgidm, tmp_path):
 
 def test_a_generator_folder_the_user_names_may_lie_anywhere(inversion, tmp_path):
     """``mini-decoder:/models/x`` named by the caller: the folder after the prefix is the user's word."""
-    from zoo_inversion_attribution.generators import MiniDecoder, save_mini_decoder
+    from zoo_inversion_attribution.mini_decoder import MiniDecoder, save_mini_decoder
 
     from zoo.checkpoint import load_folder
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from zoo.data import mini
 from zoo.data.folders import AttributionFolders
-from zoo_inversion_attribution.generators import MiniDecoder, MiniEncoder, save_mini_decoder
+from zoo_inversion_attribution.mini_decoder import MiniDecoder, MiniEncoder, save_mini_decoder
 
 KIND = "attribution"
 VERSION = 2  # bump when the builder changes, so old caches are not reused

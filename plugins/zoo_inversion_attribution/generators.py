@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from zoo.errors import ZooError
+from zoo_inversion_attribution.mini_decoder import MiniDecoder
 
 
 class Generator(nn.Module):
@@ -163,51 +164,6 @@ class DDIMGenerator(Generator):
 
 
 # ------------------------------------------------------------------ the mini generator
-class MiniDecoder(nn.Module):
-    """A small DCGAN-like decoder (transposed convolutions): a latent vector to a 32x32 image in [0, 1].
-
-    Args:
-        latent_dim: size of the latent vector.
-        width: channels of the first feature map.
-    """
-
-    def __init__(self, latent_dim: int = 16, width: int = 32) -> None:
-        super().__init__()
-        self.latent_dim, self.width = latent_dim, width
-        self.project = nn.Linear(latent_dim, width * 4 * 4)
-        self.body = nn.Sequential(
-            nn.SiLU(), nn.ConvTranspose2d(width, width, 4, 2, 1), nn.SiLU(),
-            nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.SiLU(),
-            nn.ConvTranspose2d(width // 2, width // 4, 4, 2, 1), nn.SiLU(), nn.Conv2d(width // 4, 3, 3, padding=1),
-        )
-
-    def forward(self, z: Tensor) -> Tensor:
-        return torch.sigmoid(self.body(self.project(z).view(-1, self.width, 4, 4)))
-
-
-class MiniEncoder(nn.Module):
-    """The encoder that trains ``MiniDecoder`` as a VAE: a 32x32 image to a latent mean and log-variance."""
-
-    def __init__(self, latent_dim: int = 16, width: int = 32) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, width // 4, 4, 2, 1), nn.SiLU(), nn.Conv2d(width // 4, width // 2, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(width // 2, width, 4, 2, 1), nn.SiLU(), nn.Flatten(), nn.Linear(width * 16, 2 * latent_dim),
-        )
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.body(x).chunk(2, dim=1)
-
-
-def save_mini_decoder(decoder: MiniDecoder, folder: Path) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` of a ``MiniDecoder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(
-        json.dumps({"kind": "mini_decoder", "latent_dim": decoder.latent_dim, "width": decoder.width}) + "\n")
-    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(folder / "model.safetensors"))
-    return folder
-
-
 def load_mini_decoder(folder: str | Path) -> ModuleGenerator:
     """A ``MiniDecoder`` saved by ``save_mini_decoder``, as a generator of latent vectors."""
     folder = Path(folder)

@@ -16,61 +16,27 @@ about the method's accuracy in the wild.
 from __future__ import annotations
 
 import io
-import os
-import shutil
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-# The photographs that scikit-image ships inside its wheel (no download), with a caption each.
-PHOTOS: dict[str, str] = {
-    "astronaut": "an astronaut in a space suit",
-    "camera": "a man with a camera on a tripod",
-    "chelsea": "a tabby cat",
-    "coffee": "a cup of coffee on a saucer",
-    "coins": "old coins on a table",
-    "hubble_deep_field": "galaxies in deep space",
-    "immunohistochemistry": "a stained tissue sample under a microscope",
-    "moon": "the surface of the moon",
-    "page": "a page of printed text",
-    "retina": "a photograph of a human retina",
-    "rocket": "a rocket on a launch pad",
-    "text": "handwritten and printed text",
-    "clock": "a clock on a wall",
-    "cell": "a cell under a microscope",
-    "brick": "a brick wall",
-    "grass": "a patch of grass",
-    "gravel": "a patch of gravel",
-}
-BANDS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
-SIZE = 64  # side of every mini image, in pixels
+# the photographs, their bands and the build cache live below both this module and the learned generator
+from zoo.data.mini_photos import (  # noqa: F401 (BANDS and cache_root are this module's public names too)
+    BANDS,
+    FAKE_PHOTOS,
+    PHOTOS,
+    SIZE,
+    band,
+    build_once,
+    cache_root,
+    fixed_box,
+    photo,
+)
+
 # bump a set's version when its builder changes, so old caches are not reused
 VERSIONS = {"copy_detection": 1, "fake_detection": 2, "copyright": 1}
-
-
-def cache_root() -> Path:
-    """Where the mini sets are built."""
-    return Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "provenance-zoo")) / "mini"
-
-
-def photo(name: str) -> Image.Image:
-    """The scikit-image photograph ``name`` as RGB."""
-    import skimage.data
-
-    array = getattr(skimage.data, name)()
-    if array.dtype != np.uint8:
-        array = (np.clip(array, 0, 1) * 255).astype(np.uint8) if array.dtype.kind == "f" else array.astype(np.uint8)
-    return Image.fromarray(array).convert("RGB")
-
-
-def band(image: Image.Image, split: str) -> Image.Image:
-    """The horizontal band of ``image`` that belongs to ``split``."""
-    top, bottom = BANDS[split]
-    return image.crop((0, int(top * image.height), image.width, int(bottom * image.height)))
 
 
 def random_box(image: Image.Image, rng: np.random.Generator, scale: tuple[float, float] = (0.6, 1.0)) -> tuple[int, ...]:
@@ -210,20 +176,7 @@ GENERATORS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]]
 }
 LEARNED = "autoencoder"  # the learned generator: see zoo.data.mini_generators
 FAKE_GENERATORS = (*GENERATORS, LEARNED)
-# the photographs whose val and test bands are at least SIZE pixels tall, so that every split is cut
-# at the same native scale (the others' test bands are 34-61 px tall)
-FAKE_PHOTOS = ("astronaut", "camera", "coffee", "hubble_deep_field", "immunohistochemistry", "moon", "retina",
-               "rocket", "cell", "brick", "grass", "gravel")
 FAKE_PER_SOURCE = {"train": 120, "val": 40, "test": 80}
-
-
-def fixed_box(image: Image.Image, side: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """A random ``side`` x ``side`` box inside ``image``: a window at the photograph's own scale."""
-    if min(image.size) < side:
-        raise ValueError(f"a {image.width}x{image.height} band has no {side}x{side} window")
-    x = int(rng.integers(0, image.width - side + 1))
-    y = int(rng.integers(0, image.height - side + 1))
-    return (x, y, x + side, y + side)
 
 
 def build_fake_detection(root: Path, seed: int = 0) -> None:
@@ -317,29 +270,8 @@ def ensure(kind: str, root: str | Path | None = None, seed: int = 0,
         version: the builder's version (bump it when the builder changes); None: ``VERSIONS[kind]``.
         estimate: what the build costs, said on stderr when it must happen.
     """
-    from filelock import FileLock
-
-    version = version if version is not None else VERSIONS.get(kind, 1)
-    target = Path(root) if root else cache_root() / f"{kind}-v{version}-seed{seed}"
-    if (target / ".complete").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / ".complete").is_file():  # built by another process while this one waited
-            return target
-        cost = estimate or ESTIMATES.get(kind, "a few CPU seconds")
-        print(f"zoo: building {kind} (v{version}, seed {seed}) once into {target}: {cost}", file=sys.stderr, flush=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
-        try:
-            (build or BUILDERS[kind])(work, seed)
-            (work / ".complete").write_text("built\n")
-            if target.exists():  # left incomplete by a killed build; nobody else writes it while we hold the lock
-                shutil.rmtree(target)
-            work.rename(target)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-    return target
+    return build_once(kind, version if version is not None else VERSIONS.get(kind, 1), seed, build or BUILDERS[kind],
+                      estimate or ESTIMATES.get(kind, "a few CPU seconds"), root)
 
 
 def _png(image: Image.Image) -> bytes:

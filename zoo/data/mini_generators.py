@@ -21,6 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from zoo.data.mini_photos import FAKE_PHOTOS, band, build_once, fixed_box, photo
 from zoo.errors import ZooError
 
 KIND = "fake_autoencoder"
@@ -82,14 +83,12 @@ def train_autoencoder(regions: Tensor, seed: int = 0, steps: int = STEPS) -> Min
 
 def training_regions(photos: dict[str, Image.Image], count: int, rng: np.random.Generator) -> Tensor:
     """``count`` native-scale PATCH x PATCH regions of the train bands of ``photos``, as a tensor in [0, 1]."""
-    from zoo.data import mini
-
     names = list(photos)
-    bands = {name: mini.band(image, "train") for name, image in photos.items()}
+    bands = {name: band(image, "train") for name, image in photos.items()}
     out = []
     for i in range(count):
         image = bands[names[i % len(names)]]
-        out.append(np.asarray(image.crop(mini.fixed_box(image, PATCH, rng))))
+        out.append(np.asarray(image.crop(fixed_box(image, PATCH, rng))))
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
 
 
@@ -113,19 +112,15 @@ def load_autoencoder(folder: str | Path) -> MiniAutoencoder:
 
 def build_autoencoder(root: Path, seed: int = 0) -> None:
     """Train the fake-detection set's autoencoder on the photographs' train bands and save it in ``root``."""
-    from zoo.data import mini
-
-    photos = {name: mini.photo(name) for name in mini.FAKE_PHOTOS}
+    photos = {name: photo(name) for name in FAKE_PHOTOS}
     regions = training_regions(photos, 2048, np.random.default_rng(seed))
     save_autoencoder(train_autoencoder(regions, seed), root)
 
 
 def autoencoder(seed: int = 0) -> MiniAutoencoder:
     """The trained autoencoder, built into the cache on first use."""
-    from zoo.data import mini
-
-    return load_autoencoder(mini.ensure(KIND, seed=seed, build=build_autoencoder, version=VERSION,
-                                        estimate="the fake set's autoencoder, about 15 CPU seconds"))
+    return load_autoencoder(build_once(KIND, VERSION, seed, build_autoencoder,
+                                       "the fake set's autoencoder, about 15 CPU seconds"))
 
 
 @torch.no_grad()

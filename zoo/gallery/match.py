@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from zoo.gallery.embedding import embed
 from zoo.gallery.index import INDEX_FILE, normalised, read_ids, read_index
 from zoo.gallery.methods import check_retrieval, fingerprint
 from zoo.gallery.report import contact_sheet, write_report
+from zoo.gallery.result import GeneratorResult
 from zoo.gallery.shards import MANIFEST, MODEL_DIR, gallery_vectors, inside, iter_shards, read_manifest
 from zoo.gallery.statistics import level_histogram, replication_ratio
 from zoo.tasks.copy_detection import (
@@ -39,25 +39,6 @@ from zoo.tasks.copy_detection import (
 
 GENERATOR_NAME = re.compile(r"[\w.-]+")  # a generator's name names its files in the output folder
 PAIR_CHUNK = 8192  # candidate pairs scored per call of pair_from_embeddings
-
-
-@dataclass
-class GeneratorResult:
-    """The best gallery match of each generated image of one generator."""
-
-    name: str
-    ids: list[str]
-    match_ids: list[str]
-    similarity: np.ndarray
-    level: np.ndarray
-    pdf: np.ndarray | None
-    threshold: float
-    exact_copy: np.ndarray  # bool: the two images' decoded pixels are identical at the model's input size
-    descriptor_identical: np.ndarray  # bool: equal descriptors, which says nothing about the pixels
-    unchecked: int = 0  # descriptor-identical pairs whose pixels could not be read again
-    ratio: float = 0.0
-    ci: tuple[float, float] = (0.0, 0.0)
-    histogram: list[int] = field(default_factory=list)
 
 
 def load_gallery_method(gallery: Path, manifest: Mapping[str, Any]) -> Any:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from zoo.gallery.catalogue import SourceImages
+from zoo.gallery.result import GeneratorResult
 from zoo.gallery.shards import write_json
 from zoo.tasks.copy_detection import NUM_LEVELS
-
-if TYPE_CHECKING:
-    from zoo.gallery.match import GeneratorResult
 
 
 def contact_sheet(result: GeneratorResult, sources: Mapping[str, SourceImages], top: int, path: Path) -> None:
