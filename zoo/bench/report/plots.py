@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from zoo.bench.report.jobs import read_predictions, slug
+from zoo.errors import ZooError
 from zoo.tasks import get_task
 from zoo.tasks.binary import MAX_FPR
 from zoo.tasks.numpy_metrics import column
@@ -37,6 +38,8 @@ def write_plots(results: list[dict[str, Any]], output: Path, boards: dict[str, d
         runs = _first_seed(runs)
         name = slug(f"{task}_{setting}")
         for kind in get_task(task).plots:
+            if kind not in PLOTS:
+                raise ZooError(f"task {task} asks for a plot {kind!r}; the report draws {', '.join(PLOTS)}")
             draw, prefix, title = PLOTS[kind]
             written += draw(runs, output, plots_dir / f"{prefix}_{name}.png", f"{task}: {title.format(setting=setting)}")
     for task, board in boards.items():
