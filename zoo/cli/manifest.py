@@ -1,10 +1,11 @@
 """``python -m zoo.cli.manifest PACKAGE...``: write the ``zoo_plugin.json`` manifest of plugin packages.
 
-The manifest is what ``zoo list`` reads instead of importing each plugin (``zoo.registry``); this writes it
-from the classes a package registers, and a test checks that every shipped manifest agrees with them.
+The manifest declares what a plugin adds, and ``zoo list`` reads it instead of importing the plugin
+(``zoo.registry``); this completes each entry from its class and copies in the released checkpoints declared
+beside the methods (``PRETRAINED``). A test checks that every shipped manifest agrees with them.
 
 Example:
-    $ python -m zoo.cli.manifest zoo_cgi_dm zoo.data
+    $ python -m zoo.cli.manifest zoo_cgi_dm zoo
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m zoo.cli.manifest",
                                      description="Write the zoo_plugin.json manifest of plugin packages.")
-    parser.add_argument("packages", nargs="+", help="e.g. zoo_cgi_dm zoo.data")
+    parser.add_argument("packages", nargs="+", help="e.g. zoo_cgi_dm zoo")
     for package in parser.parse_args(argv).packages:
         try:
             print(write_manifest(package))
