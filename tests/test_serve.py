@@ -220,6 +220,11 @@ def test_uploads_are_kept_only_when_asked_and_under_the_servers_names(detector, 
         assert post(kept, [("images", ("../../evil name.png", data, "image/png"))], model="cnn").status_code == 200
     [file] = keep.iterdir()
     assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{8}-0\.png", file.name) and file.read_bytes() == data
+    # without --keep_uploads, a scored upload leaves no file in the server's own folder either
+    app = create_app([Served("cnn", ZooModule.from_pretrained(detector))])
+    with TestClient(app) as plain:
+        assert post(plain, [("images", ("a.png", data, "image/png"))], model="cnn").status_code == 200
+        assert [p for p in app.state.artifacts.root.rglob("*") if p.is_file()] == []
 
 
 def test_requests_that_queue_together_are_scored_in_one_forward():
