@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import re
 import sys
-from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import ArgumentError  # argparse's, re-exported: no module below zoo.cli imports argparse
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.trainer.states import TrainerFn
