@@ -228,9 +228,11 @@ const ZooServe = (() => {
       (facts.length ? "; " + facts.join(", ") : "") + "."));
   }
 
-  // a label's x, kept inside the drawing so that a value at either end is not cut off
-  function inside(x, width) {
-    return Math.min(Math.max(x, 70), width - 70);
+  // a centred label's x, kept inside the drawing so that a value at either end is not cut off (about 9 px a
+  // character at the drawings' 16 px font)
+  function inside(x, width, text) {
+    const half = Math.min(width / 2, 4.5 * text.length + 4);
+    return Math.min(Math.max(x, half), width - half);
   }
 
   function thresholdLabel(row) {
@@ -270,13 +272,13 @@ const ZooServe = (() => {
     if (row.threshold !== null && row.threshold !== undefined) {
       chart.append(svg("line", { x1: x(row.threshold), x2: x(row.threshold), y1: top - 10, y2: base, class: "threshold",
         id: "threshold-line", "data-value": row.threshold }));
-      chart.append(svg("text", { x: inside(x(row.threshold), width), y: top - 14, "text-anchor": "middle",
-        class: "small" }, thresholdLabel(row)));
+      chart.append(svg("text", { x: inside(x(row.threshold), width, thresholdLabel(row)), y: top - 14,
+        "text-anchor": "middle", class: "small" }, thresholdLabel(row)));
     }
     chart.append(svg("path", { d: `M ${x(row.score)} ${base + 4} l -7 12 l 14 0 z`, class: "marker",
       id: "score-marker", "data-value": row.score }));
-    chart.append(svg("text", { x: inside(x(row.score), width), y: base + 30, "text-anchor": "middle" },
-      "this image: " + fmt(row.score)));
+    chart.append(svg("text", { x: inside(x(row.score), width, "this image: " + fmt(row.score)), y: base + 30,
+      "text-anchor": "middle" }, "this image: " + fmt(row.score)));
     const unit = model.task === "fake_detection" ? "probability generated" : "score";
     return el("figure", {}, chart, el("figcaption", {}, "This image's " + unit + " (triangle) against the " +
       "validation images the threshold was calibrated on: each box holds the middle half of a class's scores, " +
@@ -293,12 +295,12 @@ const ZooServe = (() => {
     chart.append(svg("line", { x1: left, x2: width - right, y1: y, y2: y, class: "axis" }));
     chart.append(svg("line", { x1: x(row.threshold), x2: x(row.threshold), y1: y - 22, y2: y + 10, class: "threshold",
       id: "threshold-line", "data-value": row.threshold }));
-    chart.append(svg("text", { x: inside(x(row.threshold), width), y: y - 26, "text-anchor": "middle", class: "small" },
-      thresholdLabel(row)));
+    chart.append(svg("text", { x: inside(x(row.threshold), width, thresholdLabel(row)), y: y - 26, "text-anchor": "middle",
+      class: "small" }, thresholdLabel(row)));
     chart.append(svg("path", { d: `M ${x(row.score)} ${y + 4} l -7 12 l 14 0 z`, class: "marker", id: "score-marker",
       "data-value": row.score }));
-    chart.append(svg("text", { x: inside(x(row.score), width), y: y + 32, "text-anchor": "middle" },
-      "this image: " + fmt(row.score)));
+    chart.append(svg("text", { x: inside(x(row.score), width, "this image: " + fmt(row.score)), y: y + 32,
+      "text-anchor": "middle" }, "this image: " + fmt(row.score)));
     return el("figure", {}, chart, el("figcaption", {}, "The score (triangle) against the decision threshold."));
   }
 
@@ -316,8 +318,8 @@ const ZooServe = (() => {
     }
     chart.append(svg("path", { d: `M ${x(row.p_value)} ${y + 4} l -7 12 l 14 0 z`, class: "marker",
       id: "pvalue-marker", "data-value": row.p_value }));
-    chart.append(svg("text", { x: inside(x(row.p_value), width), y: y + 32, "text-anchor": "middle" },
-      "p = " + fmt(row.p_value)));
+    chart.append(svg("text", { x: inside(x(row.p_value), width, "p = " + fmt(row.p_value)), y: y + 32,
+      "text-anchor": "middle" }, "p = " + fmt(row.p_value)));
     const decided = row.decision === null || row.decision === undefined ? "no decision is stated" :
       "the test decided " + (row.verdict || row.decision);
     return el("figure", {}, chart, el("figcaption", {}, "This image's reconstruction loss is " + fmt(row.loss) +
