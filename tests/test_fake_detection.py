@@ -325,7 +325,10 @@ def test_pretrained_encoder_is_referenced_not_copied(fake_clip_download: list[st
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "model.safetensors")
     assert not any(key.startswith("net.encoder.") for key in saved)
-    assert sum(v.numel() for v in saved.values()) == sum(p.numel() for p in model.net.head.parameters()) + 1
+    # the head, the threshold, and the validation scores' record (counts and quantiles per class, none yet)
+    record = saved["val_score_counts"].numel() + saved["val_score_quantiles"].numel()
+    assert saved["val_score_counts"].sum() == 0
+    assert sum(v.numel() for v in saved.values()) == sum(p.numel() for p in model.net.head.parameters()) + 1 + record
     loaded = load_folder(tmp_path)  # built without a download, then the encoder from its pinned tag
     assert fake_clip_download == ["pinned", "pinned"]
     for (key, value), other in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
@@ -364,7 +367,9 @@ def test_released_universal_head_converts_offline(monkeypatch: pytest.MonkeyPatc
     assert config["name"] == "UniversalFakeDetect"
     assert config["init_args"]["encoder"] == "open_clip:ViT-L-14@openai" and config["init_args"]["pretrained"]
     saved = load_file(out / "model.safetensors")
-    assert set(saved) == {"net.head.0.weight", "net.head.0.bias", "threshold"}  # no copy of CLIP
+    # no copy of CLIP; the release stores no validation scores, so their record is empty
+    assert set(saved) == {"net.head.0.weight", "net.head.0.bias", "threshold", "val_score_counts", "val_score_quantiles"}
+    assert saved["val_score_counts"].sum() == 0
     assert torch.equal(saved["net.head.0.weight"], released["weight"])
     assert torch.equal(saved["net.head.0.bias"], released["bias"])
     assert float(saved["threshold"]) == 0.0  # the release decides at probability 0.5
