@@ -27,8 +27,9 @@ from PIL import Image
 from test_hub import online, server  # noqa: F401 - the local Hub server and a client pointed at it
 
 from zoo import registry
+from zoo.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from zoo.cli import main
-from zoo.module import CONFIG_NAME, WEIGHTS_NAME, ZooModule
+from zoo.module import ZooModule
 
 ROOT = Path(__file__).resolve().parents[1]
 _STATE: dict = {"on": False, "roots": (), "violations": []}

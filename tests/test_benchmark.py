@@ -885,7 +885,7 @@ def test_a_config_with_early_stopping_is_benchmarked_at_the_epoch_early_stopping
     from safetensors.torch import load_file
 
     from zoo.bench.runner import run_job
-    from zoo.module import read_weights_only
+    from zoo.checkpoint import read_weights_only
 
     tiny = {"encoder": "timm:test_resnet", "pretrained": False, "image_size": 64, "augment": False,
             # the rate rises a thousandfold over the run, so that the last epochs are worse than the best

@@ -20,12 +20,13 @@ from zoo_clip_mlp.torch_model import BlurJpeg, FeatureCache, fit_head, make_head
 from zoo_cnn_detector.lightning_model import CNNDetector
 
 from zoo import backbones
+from zoo.checkpoint import load_folder
 from zoo.cli import ZooCLI, main
 from zoo.data import mini
 from zoo.data.folders import FakeImageFolders
 from zoo.data.mini_datamodules import MiniFakeDetection
 from zoo.errors import ZooError
-from zoo.module import ZooModule, load_folder
+from zoo.module import ZooModule
 from zoo.recipes.fake_detection import Augment, count_pos_weight
 
 TINY_VARIANTS = [(cls, v) for cls in (CLIPMLP, UniversalFakeDetect, CNNDetector) for v in cls.variants

@@ -85,7 +85,7 @@ def tiny_checkpoint(folder):
 
 
 def load_config_text(tiny: Path, text: str | bytes) -> None:
-    from zoo.module import CONFIG_NAME, WEIGHTS_NAME, load_folder
+    from zoo.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp)

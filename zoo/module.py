@@ -23,19 +23,12 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-# the names re-exported "as" themselves were defined here before zoo.checkpoint held the format: plugins and
-# scripts that import them from zoo.module keep working
 from zoo.checkpoint import (
     CKPT_ENTRY,
     FORMAT_VERSION,
     load_folder,
     write_checkpoint,
 )
-from zoo.checkpoint import CONFIG_NAME as CONFIG_NAME
-from zoo.checkpoint import WEIGHTS_NAME as WEIGHTS_NAME
-from zoo.checkpoint import build_method as build_method
-from zoo.checkpoint import convert_checkpoint as convert_checkpoint
-from zoo.checkpoint import read_weights_only as read_weights_only
 from zoo.errors import ZooError
 from zoo.tasks import Task, get_task, task_names
 from zoo.tasks.metrics import best_accuracy_threshold

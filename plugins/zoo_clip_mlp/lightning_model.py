@@ -12,8 +12,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from zoo import backbones
+from zoo.checkpoint import read_weights_only
 from zoo.errors import ZooError
-from zoo.module import ZooModule, read_weights_only
+from zoo.module import ZooModule
 from zoo.recipes.fake_detection import Augment, FakeDetectorRecipe, normalization_of
 from zoo_clip_mlp.torch_model import BlurJpeg, CLIPMLPNet, FeatureCache, content_digest, weights_fingerprint
 

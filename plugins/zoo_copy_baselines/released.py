@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zoo.checkpoint import read_weights_only
 from zoo.errors import ZooError
-from zoo.module import read_weights_only
 
 
 class _ScriptObject:

@@ -12,8 +12,9 @@ from PIL import Image
 from torch import Tensor
 
 from zoo import backbones
+from zoo.checkpoint import read_weights_only
 from zoo.errors import ZooError
-from zoo.module import ZooModule, read_weights_only
+from zoo.module import ZooModule
 from zoo.tasks.copy_detection import descriptors_identical
 from zoo_pdf_embedding.torch_model import (
     MAX_LEVEL,

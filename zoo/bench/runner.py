@@ -281,7 +281,7 @@ def run_job(job: Job, job_dir: Path, progress: Any = None, progress_task: Any = 
 
 def _execute(job: Job, job_dir: Path, progress: Any, progress_task: Any) -> dict[str, Any]:
     from zoo import registry
-    from zoo.module import load_folder
+    from zoo.checkpoint import EXPORT_DIR, load_folder
     from zoo.training import ExportOnFitEnd, RunConfig
 
     if job.error:
@@ -301,7 +301,7 @@ def _execute(job: Job, job_dir: Path, progress: Any, progress_task: Any) -> dict
     used = _record_splits(data)
     with PeakMemory() as memory:
         start = time.perf_counter()
-        export = Path(trainer.log_dir or job_dir) / "zoo"
+        export = Path(trainer.log_dir or job_dir) / EXPORT_DIR
         if job.trains:
             trainer.fit(model, datamodule=data)  # ExportOnFitEnd writes the export folder
         else:

@@ -27,11 +27,9 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from zoo import registry
 from zoo.checkpoint import (
-    WEIGHTS_NAME,
-    load_checkpoint_state,
     load_folder,
+    load_weights,
     newest_export,
-    read_weights,
     read_weights_only,
 )
 from zoo.data.base import ZooDataModule
@@ -100,8 +98,7 @@ class ZooCLI(RunConfig):
             if self.model is None:  # the checkpoint is data: the registry builds its method, weights loaded
                 self.model = load_folder(self.checkpoint)
             else:  # --model named the method: only the weights come from the checkpoint
-                weights = self.checkpoint / WEIGHTS_NAME
-                load_checkpoint_state(self.model, read_weights(weights), str(weights))
+                load_weights(self.model, self.checkpoint)
         self._add_configure_optimizers_method_to_model(self.subcommand)
         self.trainer = self.instantiate_trainer()
         self.config_init[self.subcommand]["ckpt_path"] = None  # loaded already: Lightning must not read the folder

@@ -43,7 +43,7 @@ PAIR_CHUNK = 8192  # candidate pairs scored per call of pair_from_embeddings
 
 def load_gallery_method(gallery: Path, manifest: Mapping[str, Any]) -> Any:
     """The method saved with an embedded gallery, built as data and checked against its fingerprint."""
-    from zoo.module import load_folder
+    from zoo.checkpoint import load_folder
 
     folder = gallery / MODEL_DIR
     try:

@@ -53,7 +53,7 @@ def load_method(spec: str, variant: str | None = None, init_args: Mapping[str, A
         the method, in eval mode.
     """
     from zoo import hub, registry
-    from zoo.module import build_method, load_folder
+    from zoo.checkpoint import build_method, load_folder
 
     if spec.startswith(hub.HUB_PREFIX) or Path(spec).is_dir():
         if variant or init_args:
