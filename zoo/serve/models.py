@@ -8,20 +8,7 @@ from typing import Any
 
 from zoo.errors import ZooError
 
-# what a score of each task does not establish, shown on every page beside the verdict
-NOT_MEANT = {
-    "fake_detection": "A probability generated is not proof that an image was generated: it is how much this "
-    "model's score resembles the generated images it was calibrated on. Images from other generators, edits "
-    "and recompression can move it either way.",
-    "copy_detection": "A replication level says how much of the real image this model finds in the generated "
-    "one. It is not a legal finding of copying; only an exact copy is a property of the pixels, every other "
-    "level is the model's reading.",
-    "copyright": "A membership score is evidence that the image was in the fine-tuning set, not proof of "
-    "infringement, and it says nothing about whether that use was licensed.",
-    "attribution": "A p-value is how unusual this image's loss would be for images the model itself generated. "
-    "A large p-value is not proof that the model made the image: other models' images can be as easy to "
-    "reconstruct.",
-}
+# what any score does not establish, for a task that does not say (``Task.caveat``)
 NOT_MEANT_ANY = "A score is evidence to weigh, not proof; measure the model on your own data before relying on it."
 
 
@@ -41,7 +28,7 @@ class Served:
 
     @property
     def pairs(self) -> bool:
-        return self.model.task_spec.name == "copy_detection"
+        return self.model.task_spec.inputs == "pairs"
 
     def tiny(self) -> bool:
         """A ``tiny`` variant, asked for by name or recognised by its arguments in a checkpoint."""
@@ -70,7 +57,8 @@ class Served:
             "uncalibrated": not model.is_calibrated(),
             "calibrates_threshold": bool(task.binary and model.calibrates_threshold),
             "card": self.card(),
-            "not_meant": NOT_MEANT.get(task.name, NOT_MEANT_ANY),
+            "not_meant": task.caveat or NOT_MEANT_ANY,
+            "score_unit": f"probability {task.positive}" if task.score_is_logit else "score",
             "validation_scores": self.validation_scores(),
         }
 

@@ -14,6 +14,8 @@ TASK = binary_task(
     positive="from the model",
     negative="elsewhere",
     mini_datamodule="MiniAttribution",
+    caveat="A p-value is how unusual this image's loss would be for images the model itself generated. A large "
+    "p-value is not proof that the model made the image: other models' images can be as easy to reconstruct.",
     extra_prediction={
         "loss": Field(torch.float32, ("B",), "the reconstruction loss of the inverted input", required=False),
         "p_value": Field(torch.float32, ("B",), "p-value of the belonging test", required=False),

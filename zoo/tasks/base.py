@@ -121,6 +121,8 @@ class Task:
     plots: tuple[str, ...] = ()
     # one-line notes the report's "How to read the tables" adds for this task
     report_notes: tuple[str, ...] = ()
+    # what a score of this task does not establish, in plain words (shown beside every verdict of zoo serve)
+    caveat: str = ""
     # the score is a logit: thresholds are shown as a probability, the logit beside it (``threshold_logit``)
     score_is_logit: bool = False
     # the Hugging Face Hub's pipeline tag of the model card (None: no tag fits)

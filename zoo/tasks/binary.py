@@ -105,7 +105,8 @@ def readable_rows(task: Task, model: Any, pred: Mapping[str, Any], columns: dict
 
 def binary_task(name: str, question: str, positive: str, negative: str, mini_datamodule: str,
                 extra_prediction: dict[str, Field] | None = None, score_is_logit: bool = False,
-                pipeline_tag: str | None = None, glossary: dict[str, tuple[str, str]] | None = None) -> Task:
+                pipeline_tag: str | None = None, glossary: dict[str, tuple[str, str]] | None = None,
+                caveat: str = "") -> Task:
     """A binary task whose label 1 means ``positive``.
 
     Args:
@@ -118,6 +119,7 @@ def binary_task(name: str, question: str, positive: str, negative: str, mini_dat
         score_is_logit: every method's score is a logit, shown as a probability (``ZooModule.probability``).
         pipeline_tag: the Hub's pipeline tag of its model cards, if one fits.
         glossary: the report's words for its own metrics, or its own words for a shared one.
+        caveat: what its score does not establish, in plain words.
     """
     task: Task
 
@@ -144,6 +146,7 @@ def binary_task(name: str, question: str, positive: str, negative: str, mini_dat
         binary=True,
         positive=positive,
         negative=negative,
+        caveat=caveat,
         primary_metric="auroc",
         mini_datamodule=mini_datamodule,
         not_ranked=frozenset({"threshold", "threshold_logit"} if score_is_logit else {"threshold"}),

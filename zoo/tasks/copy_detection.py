@@ -203,6 +203,9 @@ REPORT_NOTE = (
 TASK = Task(
     name="copy_detection",
     question="does this generated image replicate that real one, and how much?",
+    caveat="A replication level says how much of the real image this model finds in the generated one. It is not "
+    "a legal finding of copying; only an exact copy is a property of the pixels, every other level is the "
+    "model's reading.",
     batch={
         "generated": Field(torch.float32, ("B", 3, "H", "W"), "generated image"),
         "real": Field(torch.float32, ("B", 3, "H", "W"), "real image"),

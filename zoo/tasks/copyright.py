@@ -13,6 +13,8 @@ TASK = binary_task(
     positive="member",
     negative="hold-out",
     mini_datamodule="MiniCopyright",
+    caveat="A membership score is evidence that the image was in the fine-tuning set, not proof of infringement, "
+    "and it says nothing about whether that use was licensed.",
     extra_prediction={"artifact": Field(str, ("B",), "picture of the evidence (original / masked / recovered)",
                                         required=False)},
 )

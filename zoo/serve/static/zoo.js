@@ -279,7 +279,7 @@ const ZooServe = (() => {
       id: "score-marker", "data-value": row.score }));
     chart.append(svg("text", { x: inside(x(row.score), width, "this image: " + fmt(row.score)), y: base + 30,
       "text-anchor": "middle" }, "this image: " + fmt(row.score)));
-    const unit = model.task === "fake_detection" ? "probability generated" : "score";
+    const unit = model.score_unit;
     return el("figure", {}, chart, el("figcaption", {}, "This image's " + unit + " (triangle) against the " +
       "validation images the threshold was calibrated on: each box holds the middle half of a class's scores, " +
       "its whiskers reach the lowest and highest, the line in it is the median."));
