@@ -40,7 +40,8 @@ class ZooModule(pl.LightningModule):
     """Base class of every method.
 
     Class attributes a method declares:
-        task: one of ``copy_detection``, ``fake_detection``, ``copyright``, ``attribution``.
+        task: the name of a registered task (``zoo list`` shows them; the zoo's own four are ``copy_detection``,
+            ``fake_detection``, ``copyright`` and ``attribution``).
         paper: the paper it implements, as "Title (Venue Year)".
         variants: named sets of constructor arguments; ``tiny`` is the offline test variant every method has.
         trains: False for methods with nothing to learn by gradient descent (the harness then skips ``fit``).
@@ -329,12 +330,7 @@ class ZooModule(pl.LightningModule):
             self._val_labels.append(batch["label"].detach().cpu())
         out: dict[str, Any] = _to_cpu(pred)
         out["id"] = list(batch["id"])
-        for key in ("level", "label", "source"):
-            if key in batch:
-                value = batch[key]
-                out[f"true_{key}" if key != "source" else key] = (
-                    value.detach().cpu() if isinstance(value, Tensor) else list(value)
-                )
+        out.update(self.task_spec.truth(batch))
         return out
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:

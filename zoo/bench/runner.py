@@ -366,7 +366,7 @@ def labels_used(job: Job, model: Any, splits: set[str], sizes: dict[str, int]) -
 
 @torch.no_grad()
 def write_train_predictions(model: Any, data: Any, path: Path) -> None:
-    """The shipped model's predictions on the training split, with the true levels, in split order."""
+    """The shipped model's predictions on the training split, with the task's labels, in split order."""
     loader = torch.utils.data.DataLoader(data.dataset("train"), batch_size=getattr(data, "batch_size", 32),
                                          shuffle=False)
     was_training = model.training
@@ -375,7 +375,7 @@ def write_train_predictions(model: Any, data: Any, path: Path) -> None:
     for batch in loader:
         batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         pred = model.predictions(batch)
-        rows += prediction_rows({**pred, "id": list(batch["id"]), "true_level": batch["level"]})
+        rows += prediction_rows({**pred, "id": list(batch["id"]), **model.task_spec.truth(batch)})
     model.train(was_training)
     write_rows(path, rows)
 

@@ -42,7 +42,7 @@ import yaml
 
 from zoo import registry
 from zoo.errors import ZooError
-from zoo.tasks import TASK_NAMES
+from zoo.tasks import task_names
 
 SUITE_KEYS = {"name", "description", "budget_minutes", "seeds", "variant", "trainer", "tasks", "limitations", "notes"}
 TASK_KEYS = {"data", "methods", "grid", "trainer", "seeds"}
@@ -173,18 +173,19 @@ def parse_suite(
     task_specs = _mapping(raw.get("tasks"), where, "tasks")
     if not task_specs:
         raise ZooError(f"{where}: key 'tasks' lists no task")
+    known = task_names()
     if tasks:
         for task in tasks:
-            if task not in TASK_NAMES:
-                raise ZooError(f"--tasks {task!r}: the tasks are {', '.join(TASK_NAMES)}")
+            if task not in known:
+                raise ZooError(f"--tasks {task!r}: the tasks are {', '.join(known)}")
     wanted_methods = set(methods or [])
     jobs: list[Job] = []
     import_failures: dict[str, str] = {}
     matched: set[str] = set()
     for task, spec in task_specs.items():
         key = f"tasks.{task}"
-        if task not in TASK_NAMES:
-            raise ZooError(f"{where}: key {key!r}: unknown task; the tasks are {', '.join(TASK_NAMES)}")
+        if task not in known:
+            raise ZooError(f"{where}: key {key!r}: unknown task; the tasks are {', '.join(known)}")
         if tasks and task not in tasks:
             continue
         spec = _mapping(spec, where, key)

@@ -153,3 +153,16 @@ class Task:
     def check_prediction(self, prediction: Mapping[str, Any], method: str) -> None:
         """Raise a ZooError if ``prediction`` breaks the prediction schema."""
         self.check(self.prediction, prediction, f"{method} prediction")
+
+    def truth(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The batch's label fields as columns of a predictions file, in the batch contract's order.
+
+        A tensor (``label``, ``level``) becomes ``true_<name>``; a list of strings (``source``) keeps its name.
+        """
+        out: dict[str, Any] = {}
+        for name, spec in self.batch.items():
+            if spec.label and name in batch:
+                value = batch[name]
+                out[name if spec.dtype is str else f"true_{name}"] = (
+                    value.detach().cpu() if isinstance(value, torch.Tensor) else list(value))
+        return out
