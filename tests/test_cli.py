@@ -23,13 +23,16 @@ def _zoo(*args: str, env=None, cwd=None) -> subprocess.CompletedProcess:
                           cwd=cwd, timeout=300)
 
 
-def test_list_prints_methods_and_datamodules(capsys):
+def test_list_prints_methods_datamodules_and_tasks(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     for name in registry.datamodules.names():
         assert name in out
     for name in registry.methods.names():
         assert name in out
+    tasks = out[out.index(" tasks "):]
+    for name in registry.tasks.names():
+        assert name in tasks and registry.tasks.describe(name)["question"] in tasks
 
 
 def test_help_works_for_every_subcommand(capsys):

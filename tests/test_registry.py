@@ -103,6 +103,17 @@ def test_a_manifest_that_does_not_parse_is_one_line_naming_the_file_and_others_k
     assert "plugin garbled_pkg" in failed
 
 
+def test_zoo_list_says_which_plugin_is_not_loaded_and_why(installed, capsys):
+    from zoo.cli import main
+
+    path = _plugin(installed, "garbled_plugin", "garbled_pkg", '{"zoo.methods": {"Garbled": ')
+    registry.methods.refresh()
+    assert main(["list"]) == 0  # the other plugins are listed
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps the long line
+    assert f"plugin garbled_pkg is not loaded: {path}: not a readable JSON manifest" in out
+    assert "PDFEmbedding" in out
+
+
 def test_two_plugins_claiming_one_name_is_an_error_naming_both(installed):
     for dist in ("first_plugin", "second_plugin"):
         _plugin(installed, dist, f"{dist}_pkg", {"zoo.methods": {"SameName": {"class": f"{dist}_pkg.m:SameName"}}})

@@ -55,8 +55,9 @@ def __getattr__(name: str) -> Any:
 
 # ------------------------------------------------------------------------------------------ zoo list
 def cmd_list(argv: list[str]) -> int:
-    """Print the registered methods and datamodules."""
-    parser = argparse.ArgumentParser(prog="zoo list", description="List the registered methods and datamodules.")
+    """Print the registered methods, datamodules and tasks."""
+    parser = argparse.ArgumentParser(prog="zoo list",
+                                     description="List the registered methods, datamodules and tasks.")
     parser.add_argument("--pretrained", action="store_true", help="list the known pretrained checkpoints instead")
     args = parser.parse_args(argv)
     from rich.console import Console
@@ -95,6 +96,19 @@ def cmd_list(argv: list[str]) -> int:
             continue
         table.add_row(name, info["task"], info["description"], entry.dist)
     console.print(table)
+    table = Table(title="tasks")
+    for column in ("name", "question", "plugin"):
+        table.add_column(column, no_wrap=column != "question")
+    for name, entry in registry.tasks.entries.items():
+        try:
+            info = registry.tasks.describe(name)
+        except ZooError as err:
+            table.add_row(name, f"[red]{err}", entry.dist)
+            continue
+        table.add_row(name, info["question"], entry.dist)
+    console.print(table)
+    for name, err in registry.broken_plugins().items():  # the others work without it: said, not fatal
+        console.print(f"[red]plugin {name} is not loaded: {err}")
     return 0
 
 
@@ -136,7 +150,7 @@ COMMANDS: dict[str, str | Callable[[list[str]], int]] = {
 }
 SUMMARIES = {
     "serve": "Serve models over HTTP: zoo predict's rows as an API, and a web page per model.",
-    "list": "Print the registered methods and datamodules (--pretrained: the known checkpoints).",
+    "list": "Print the registered methods, datamodules and tasks (--pretrained: the known checkpoints).",
     "predict": "Score your own images (--inputs) or pairs (--pairs) with a checkpoint; one row per input.",
     "convert": "Convert a Lightning .ckpt, or a paper's released checkpoint, into a zoo checkpoint folder.",
     "publish": "Publish a zoo checkpoint folder to the Hugging Face Hub with a model card.",
