@@ -105,10 +105,14 @@ def test_health_models_and_schema(client):
     assert (model["task"], model["tiny"], model["untrained"], model["uncalibrated"]) == (
         "fake_detection", True, False, False)
     assert "## Limitations" in model["card"] and "CNNDetector" in model["card"]
-    stored = model["validation_scores"]
-    assert stored["labels"] == ["real", "generated"] and stored["counts"] == [40, 120]
-    for quantiles in stored["quantiles"]:  # probabilities, as a row's score is, in increasing order
+    stored = model["evidence"]  # the validation scores the threshold was calibrated on, as a row's score
+    assert (stored["column"], stored["label"], stored["scale"]) == ("score", "probability generated", "linear")
+    assert [(k, d["count"]) for k, d in stored["distributions"].items()] == [("real", 40), ("generated", 120)]
+    for d in stored["distributions"].values():  # probabilities, as a row's score is, in increasing order
+        quantiles = d["quantiles"]
         assert len(quantiles) == 33 and quantiles == sorted(quantiles) and 0 <= quantiles[0] <= quantiles[-1] <= 1
+        assert d["quantile_levels"][0] == 0 and d["quantile_levels"][-1] == 1
+    assert "threshold" not in stored  # the row carries it
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/models/{name}/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert set(body["schema"]["properties"]) == {"images", "generated", "real", "captions"}
@@ -253,7 +257,7 @@ def test_an_untrained_tiny_model_says_so(tmp_path):
     with TestClient(app) as untrained:
         model = untrained.get("/models/PDFEmbedding").json()
         assert (model["tiny"], model["untrained"], model["inputs"]) == (True, True, ["generated", "real"])
-        assert model["validation_scores"] is None
+        assert model["evidence"] == {}
         files = [("generated", ("g.png", png("astronaut"), "image/png")), ("real", ("r.png", png("coffee"), "image/png"))]
         [row] = post(untrained, files, model="PDFEmbedding").json()["rows"]
         assert row["untrained"] is True and (row["generated"], row["real"]) == ("g.png", "r.png")
@@ -274,7 +278,7 @@ def test_an_older_checkpoint_without_stored_scores_still_serves(detector, tmp_pa
     save_file(state, old / "model.safetensors")
     app, _ = build(["--ckpt_path", str(old)])
     with TestClient(app) as older:
-        assert older.get("/models/CNNDetector").json()["validation_scores"] is None
+        assert older.get("/models/CNNDetector").json()["evidence"] == {}
         response = post(older, [("images", ("a.png", png("coffee"), "image/png"))])
         assert response.status_code == 200 and response.json()["rows"][0]["verdict"] in ("real", "generated")
 
@@ -296,3 +300,34 @@ def test_pictures_are_served_by_token_and_name_no_server_path(tmp_path):
         for url in (f"/artifacts/{'0' * 32}/0.png", f"/artifacts/{token}/..%2F..%2Fconfig.json",
                     f"/artifacts/{token}/9.png", "/artifacts/../../etc/passwd"):
             assert cgi.get(url).status_code == 404, url
+
+
+def test_attribution_evidence_is_the_calibration_losses_and_travels_with_the_checkpoint(tmp_path):
+    """The belonging test's calibration losses: drawn against a row's loss, saved, and absent from an older file."""
+    from safetensors.torch import load_file, save_file
+
+    model = registry.methods.load("InversionAttribution").from_variant("tiny")
+    app = create_app([Served("ronan", model, variant="tiny")])
+    with TestClient(app) as served:
+        assert served.get("/models/ronan").json()["evidence"] == {}  # it calibrates on its first input
+        [row] = post(served, [("images", ("a.png", png("astronaut"), "image/png"))], model="ronan").json()["rows"]
+        evidence = served.get("/models/ronan").json()["evidence"]
+    assert (evidence["column"], evidence["scale"]) == ("loss", "log")
+    [(name, losses)] = evidence["distributions"].items()
+    assert "calibration" in name and losses["count"] == int(model.belonging.count) == 16
+    assert len(losses["quantiles"]) == 33 and losses["quantiles"] == sorted(losses["quantiles"]) and \
+        losses["quantiles"][0] > 0
+    # the drawn cut is the test's own: the row's decision and p-value agree with it
+    cut = evidence["threshold"]["value"]
+    assert row["decision"] == int(row["loss"] <= cut) and (row["p_value"] >= 0.05) == (row["loss"] <= cut)
+    saved = model.save_pretrained(tmp_path / "ronan")
+    app, _ = build(["--ckpt_path", str(saved)])
+    with TestClient(app) as reloaded:
+        assert reloaded.get("/models/InversionAttribution").json()["evidence"] == evidence
+    state = {k: v for k, v in load_file(saved / "model.safetensors").items() if k != "belonging.quantiles"}
+    save_file(state, saved / "model.safetensors")  # as written before the record was kept
+    app, _ = build(["--ckpt_path", str(saved)])
+    with TestClient(app) as older:
+        assert older.get("/models/InversionAttribution").json()["evidence"] == {}
+        response = post(older, [("images", ("a.png", png("astronaut"), "image/png"))], model="InversionAttribution")
+        assert response.status_code == 200 and response.json()["rows"][0]["p_value"] == pytest.approx(row["p_value"])

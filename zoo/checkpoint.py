@@ -14,7 +14,8 @@ weights are read without unpickling (safetensors, or ``torch.load(weights_only=T
 Format versions (``FORMAT_VERSION`` is the newest this code reads and the one it writes):
     1: the layout above. A ``config.json`` without ``format_version`` (written by hand, or before the field
        was read) has this layout and is read as version 1. State keys added to version 1 later
-       (``OPTIONAL_STATE_KEYS``) may be missing from an older file; they load at their empty defaults.
+       (``OPTIONAL_STATE_KEYS``, and a method's ``optional_state_keys``) may be missing from an older file;
+       they load at their empty defaults.
 A version newer than ``FORMAT_VERSION`` is refused with one line that says to upgrade, and one that is not a
 whole number from 1 is refused too, whether it comes from a folder or from a Lightning ``.ckpt``.
 
@@ -90,11 +91,12 @@ def _folder_weights(directory: Path) -> dict[str, Tensor]:
 def load_checkpoint_state(model: Any, state: Mapping[str, Tensor], source: str) -> None:
     """Load a checkpoint's ``state`` strictly, less what an older or leaner checkpoint may leave out.
 
-    Frozen reference weights it leaves out come from their pin; ``OPTIONAL_STATE_KEYS`` it leaves out (written
-    before they existed) stay at their empty defaults.
+    Frozen reference weights it leaves out come from their pin; ``OPTIONAL_STATE_KEYS`` and the method's own
+    ``optional_state_keys`` it leaves out (written before they existed) stay at their empty defaults.
     """
     reference = model.reference_state_keys()
-    load_state(model, state, source, reference=reference | (OPTIONAL_STATE_KEYS & set(model.state_dict())))
+    optional = (OPTIONAL_STATE_KEYS | model.optional_state_keys) & set(model.state_dict())
+    load_state(model, state, source, reference=reference | optional)
     if reference - set(state):
         model.load_reference_weights()
 

@@ -64,6 +64,9 @@ class ZooModule(pl.LightningModule):
     display_name: ClassVar[str] = ""
     license: ClassVar[str] = "apache-2.0"  # a Hub license id
     bibtex: ClassVar[str] = ""
+    # state keys a method added after checkpoints of it were written: a file without them still loads, and they
+    # keep their defaults (``zoo.checkpoint.OPTIONAL_STATE_KEYS`` holds the base class's own)
+    optional_state_keys: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -297,6 +300,40 @@ class ZooModule(pl.LightningModule):
         """
         return torch.sigmoid(score.float())
 
+    def evidence(self) -> dict[str, Any]:
+        """The distributions a reader draws a row's value against (JSON-able); ``{}`` where the model keeps none.
+
+        The keys: ``column`` (the row's column the values are in the units of), ``label`` (what that value is),
+        ``scale`` (``linear`` or ``log``), ``distributions`` (name -> ``count``, ``quantile_levels`` and
+        ``quantiles``, evenly spaced from the lowest to the highest) and, where the decision is a cut on that
+        value and the row does not carry it, ``threshold`` (``value`` and ``label``).
+
+        By default: the validation scores of each class stored when the threshold was calibrated, as a row's
+        ``score`` (a logit becomes the probability a row states). A method that decides against a reference of
+        its own (an attribution test's calibration losses) overrides it.
+        """
+        from zoo.predict import readable
+
+        task = self.task_spec
+        if not (task.binary and self.calibrates_threshold) or float(self.val_score_counts.min()) <= 0:
+            return {}  # no threshold calibrated, or a checkpoint written before the scores were stored
+        quantiles = self.val_score_quantiles.detach().cpu()
+        # the same conversion a row's score gets
+        scores = [r["score"] for r in readable(self, {"score": quantiles.flatten()}, quantiles.numel())]
+        width = quantiles.shape[1]
+        levels = [k / (width - 1) for k in range(width)]
+        return {
+            "column": "score",
+            "label": f"probability {task.positive}" if task.score_is_logit else "score",
+            "scale": "linear",
+            "distributions": {
+                label: {"count": int(count), "quantile_levels": levels,
+                        "quantiles": [_finite(v) for v in scores[row * width:(row + 1) * width]]}
+                for row, (label, count) in enumerate(zip((task.negative, task.positive),
+                                                         self.val_score_counts.tolist(), strict=True))
+            },
+        }
+
     def predict_images(self, images: Any, **kwargs: Any) -> Any:
         """Score images (paths, a folder, a glob, or PIL images): a pandas DataFrame, one row per image.
 
@@ -440,6 +477,11 @@ def seeded(seed: int = 0) -> Iterator[None]:
 
 def _to_cpu(pred: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v.detach().cpu() if isinstance(v, Tensor) else list(v) for k, v in pred.items()}
+
+
+def _finite(value: float) -> float | None:
+    """A value JSON can carry: an infinite or NaN quantile becomes null."""
+    return value if math.isfinite(value) else None
 
 
 def _jsonable(args: dict[str, Any], owner: str) -> dict[str, Any]:

@@ -61,6 +61,7 @@ class InversionAttribution(ZooModule):
     display_name = "RONAN"
     trains = False
     calibrates_threshold = False  # the belonging test decides; no threshold is tuned on labels
+    optional_state_keys = frozenset({"belonging.quantiles"})  # kept since zoo serve draws them; older files lack it
     tiny_trainer = {"max_epochs": 1}
     variants = {
         "tiny": {"generator": "mini", "calibration": "mini", "iterations": 40, "restarts": 2},
@@ -189,6 +190,32 @@ class InversionAttribution(ZooModule):
             raise ZooError(f"calibration folder {folder}: {len(images)} images, fewer than the minimum of "
                            f"{self.belonging.min_size} (min_calibration)")
         return torch.cat(images), f"calibration folder {folder}"
+
+    def evidence(self) -> dict[str, Any]:
+        """An image's loss against the losses of the model's own calibration images, and the test's cut.
+
+        With ``complexity_correction`` the test sees corrected losses, which a row does not carry: the record is
+        then drawn in the units of the row's ``score`` (minus the test statistic). ``{}`` before the test is
+        fitted, and for a checkpoint written before the record was kept.
+        """
+        test = self.belonging
+        if not test.fitted or not bool(torch.isfinite(test.quantiles).all()):
+            return {}
+        quantiles = test.quantiles.detach().cpu()
+        levels = torch.linspace(0, 1, len(quantiles)).tolist()
+        where = f"at significance {test.alpha:g}"
+        if self.complexity_correction:
+            # the score falls as the loss rises: the loss quantile at level p is the score quantile at 1 - p
+            column, label, scale = "score", "score (minus the belonging test's statistic)", "linear"
+            values = (-test.statistic(quantiles)).flip(0).tolist()
+            threshold = {"value": -test.critical_value(), "label": f"critical score {where}"}
+        else:
+            column, label, scale = "loss", "reconstruction loss", "log"
+            values = quantiles.tolist()
+            threshold = {"value": test.critical_loss(), "label": f"critical loss {where}"}
+        return {"column": column, "label": label, "scale": scale, "threshold": threshold, "distributions": {
+            "the model's own images (calibration)": {"count": int(test.count), "quantile_levels": levels,
+                                                     "quantiles": values}}}
 
     def predict_batch(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         if not self.belonging.fitted:

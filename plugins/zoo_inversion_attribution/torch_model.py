@@ -25,6 +25,9 @@ from zoo.errors import ZooError
 from zoo_inversion_attribution.generators import Generator
 
 DISTANCES = ("l2", "l1", "ssim", "lpips")
+# evenly spaced quantiles of the calibration losses kept in the checkpoint, for a reader to draw a loss against
+# (a few hundred bytes; the test itself uses only their mean and spread)
+LOSS_QUANTILES = 33
 
 
 class LPIPSStyle(nn.Module):
@@ -274,6 +277,8 @@ class BelongingTest(nn.Module):
         self.register_buffer("mean", torch.tensor(0.0))
         self.register_buffer("std", torch.tensor(1.0))
         self.register_buffer("count", torch.tensor(0))
+        # NaN until fitted, and in a checkpoint written before the record was kept (it loads without it)
+        self.register_buffer("quantiles", torch.full((LOSS_QUANTILES,), float("nan")))
 
     @property
     def fitted(self) -> bool:
@@ -293,14 +298,22 @@ class BelongingTest(nn.Module):
         self.mean.fill_(float(logs.mean()))
         self.std.fill_(max(float(logs.std()), 1e-6))
         self.count.fill_(n)
+        self.quantiles.copy_(torch.quantile(losses.detach().flatten().double().cpu(), torch.linspace(0, 1, LOSS_QUANTILES,
+                                                                                       dtype=torch.float64)))
+
+    def _spread(self) -> float:
+        n = int(self.count)
+        return float(self.std) * (math.sqrt(1 + 1 / n) if self.test == "t" else 1.0)
+
+    def critical_loss(self) -> float:
+        """The loss above which H0 is rejected: the critical value in the units of a loss."""
+        return math.exp(float(self.mean) + self.critical_value() * self._spread())
 
     def statistic(self, losses: Tensor) -> Tensor:
         """The test statistic of every loss: large = unlike the model's own images."""
         if not self.fitted:
             raise ZooError("the belonging test has no reference: calibrate it on the model's own images first")
-        n = int(self.count)
-        spread = float(self.std) * (math.sqrt(1 + 1 / n) if self.test == "t" else 1.0)
-        return ((self._log(losses) - float(self.mean)) / spread).float()
+        return ((self._log(losses) - float(self.mean)) / self._spread()).float()
 
     def critical_value(self) -> float:
         """The statistic above which H0 is rejected."""

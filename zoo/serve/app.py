@@ -2,7 +2,7 @@
 
 Endpoints:
     GET  /health                      {"status": "ok", "models": [names]}
-    GET  /models                      every loaded model: its task, flags, card and stored evidence
+    GET  /models                      every loaded model: its task, flags, card and evidence (``ZooModule.evidence``)
     GET  /models/<name>               one of them
     POST /models/<name>/predict       multipart: ``images`` (one or more files), or ``generated`` and ``real``
                                       (one real per generated, in order) for copy detection; optional
@@ -129,7 +129,7 @@ def create_app(served: list[Served], *, limits: Limits | None = None, api_key: s
         raise ZooError("two served models have the same name")
     artifacts = Artifacts()
     batchers = {s.name: Batcher(_scorer(s, artifacts, device), batch_size) for s in served}
-    descriptions = {s.name: s.describe() for s in served}  # each model's card and evidence, read once
+    descriptions = {s.name: s.describe() for s in served}  # each model's card, read once
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
@@ -172,17 +172,21 @@ def create_app(served: list[Served], *, limits: Limits | None = None, api_key: s
         # the server's log has the traceback; the client gets one line that names no file
         return refusal(500, f"internal error ({type(err).__name__})")
 
+    def described(name: str) -> dict[str, Any]:
+        # the evidence is read again: a model that calibrates on its first input holds it from then on
+        return {**descriptions[name], "evidence": models[name].model.evidence()}
+
     @app.get("/health", summary="The server is up, and which models it serves")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "models": list(models)}
 
     @app.get("/models", summary="The loaded models: task, flags (tiny, untrained, uncalibrated), card, evidence")
     async def list_models() -> list[dict[str, Any]]:
-        return list(descriptions.values())
+        return [described(name) for name in models]
 
     @app.get("/models/{name}", summary="One loaded model")
     async def one_model(name: str) -> dict[str, Any]:
-        return descriptions[_served(models, name).name]
+        return described(_served(models, name).name)
 
     @app.post("/models/{name}/predict", summary="Score images (or pairs): the rows zoo predict writes",
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {

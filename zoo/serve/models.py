@@ -1,8 +1,8 @@
-"""What the server says about a model it serves: its flags, its card and the evidence a page draws a row on."""
+"""What the server says about a model it serves: its flags, its card and the evidence a page draws a row on
+(``ZooModule.evidence``: the distributions the model was calibrated on)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +59,7 @@ class Served:
             "card": self.card(),
             "not_meant": task.caveat or NOT_MEANT_ANY,
             "score_unit": f"probability {task.positive}" if task.score_is_logit else "score",
-            "validation_scores": self.validation_scores(),
+            "evidence": self.model.evidence(),
         }
 
     def card(self) -> str:
@@ -74,31 +74,3 @@ class Served:
             return hub.model_card(model.zoo_config(), self.name, threshold=threshold)
         except ZooError as err:
             return f"(no card: {err})"
-
-    def validation_scores(self) -> dict[str, Any] | None:
-        """The validation score distributions stored at calibration, in the units of a row's ``score``.
-
-        None where the model keeps none (a method that does not calibrate a threshold, or a checkpoint
-        written before they were stored).
-        """
-        from zoo.predict import readable
-
-        model = self.model
-        counts = getattr(model, "val_score_counts", None)
-        if counts is None or float(counts.min()) <= 0:
-            return None
-        quantiles = model.val_score_quantiles.detach().cpu()
-        # the same conversion a row's score gets (a logit becomes a probability generated, say)
-        scores = [r["score"] for r in readable(model, {"score": quantiles.flatten()}, quantiles.numel())]
-        width = quantiles.shape[1]
-        task = model.task_spec
-        return {
-            "labels": [task.negative, task.positive],
-            "counts": [int(c) for c in counts.tolist()],
-            "quantile_levels": [k / (width - 1) for k in range(width)],
-            "quantiles": [[_finite(v) for v in scores[row * width:(row + 1) * width]] for row in range(2)],
-        }
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

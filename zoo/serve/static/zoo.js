@@ -133,6 +133,8 @@ const ZooServe = (() => {
           { method: "POST", body: body, credentials: "same-origin" });
         const answer = await response.json();
         if (!response.ok) throw new Error(answer.error || response.statusText);
+        // a model that calibrates on its first input (an attribution test) holds its evidence from then on
+        model.evidence = (await getJSON("/models/" + encodeURIComponent(model.name))).evidence;
         showAnswers(model, answer.rows);
         status.textContent = "Scored " + answer.rows.length + (answer.rows.length === 1 ? " input." : " inputs.");
       } catch (err) {
@@ -173,8 +175,10 @@ const ZooServe = (() => {
     if (!row.error) {
       const evidence = el("div", { class: "evidence" });
       if ("pdf_0" in row) evidence.append(pdfBars(row));
-      if ("score" in row && model.validation_scores) evidence.append(distributions(model, row));
-      else if ("score" in row && "threshold" in row && row.threshold !== null) evidence.append(scoreLine(row));
+      const ev = model.evidence;
+      if (ev && ev.distributions && row[ev.column] !== null && row[ev.column] !== undefined) {
+        evidence.append(distributions(ev, row));
+      } else if ("score" in row && "threshold" in row && row.threshold !== null) evidence.append(scoreLine(row));
       else if ("score" in row && model.calibrates_threshold) {
         evidence.append(el("p", { class: "note" }, "This model keeps no validation score distributions (it does not " +
           "calibrate a threshold, or its checkpoint predates them), so the score is shown alone."));
@@ -247,42 +251,55 @@ const ZooServe = (() => {
     return (v) => lo + (v - min) / (max - min) * (hi - lo);
   }
 
-  // the score against the validation scores of both classes (box: middle half, whiskers: all) and the threshold
-  function distributions(model, row) {
-    const vs = model.validation_scores;
+  // the row's value against the distributions the model was calibrated on (GET /models' "evidence": the
+  // validation scores of both classes, an attribution test's calibration losses, ...): a box holds the middle
+  // half, its whiskers reach the lowest and the highest, the line in it is the median; the dashed line is the cut
+  function distributions(ev, row) {
+    const names = Object.keys(ev.distributions);
+    const value = row[ev.column];
     const width = 600, left = 160, right = 20, rowH = 46, top = 26;
-    const height = top + rowH * 2 + 40;
-    const all = vs.quantiles.flat().filter((v) => v !== null).concat([row.score]);
-    if (row.threshold !== null && row.threshold !== undefined) all.push(row.threshold);
-    const x = axisScale(all, left, width - right);
+    const height = top + rowH * names.length + 40;
+    const cut = ev.threshold ? ev.threshold : (row.threshold !== null && row.threshold !== undefined ?
+      { value: row.threshold, label: thresholdLabel(row) } : null);
+    const log = ev.scale === "log";
+    const pos = (v) => (log ? Math.log10(Math.max(v, 1e-30)) : v);
+    const all = names.flatMap((n) => ev.distributions[n].quantiles).filter((v) => v !== null).concat([value]);
+    if (cut) all.push(cut.value);
+    const scale = axisScale(all.map(pos), left, width - right);
+    const x = (v) => scale(pos(v));
     const q = (quantiles, level) => quantiles[Math.round(level * (quantiles.length - 1))];
+    const title = "This image's " + ev.label + " against the " + names.join(" and ");
     const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", id: "evidence-distribution",
-      "aria-label": "This image's score against the validation scores the model was calibrated on" });
-    chart.append(svg("title", {}, "This image's score against the validation scores the model was calibrated on"));
-    vs.labels.forEach((label, i) => {
-      const qs = vs.quantiles[i];
+      "data-column": ev.column, "aria-label": title });
+    chart.append(svg("title", {}, title));
+    names.forEach((name, i) => {
+      const d = ev.distributions[name];
+      const qs = d.quantiles;
       const y = top + i * rowH + rowH / 2;
-      chart.append(svg("text", { x: left - 8, y: y + 4, "text-anchor": "end" }, label + " (" + vs.counts[i] + ")"));
+      const short = name.length > 18 ? name.slice(0, 17) + "…" : name;
+      chart.append(svg("text", { x: left - 8, y: y + 4, "text-anchor": "end" }, short + " (" + d.count + ")"));
       chart.append(svg("line", { x1: x(q(qs, 0)), x2: x(q(qs, 1)), y1: y, y2: y, class: "whisker" }));
       chart.append(svg("rect", { x: x(q(qs, 0.25)), y: y - 12, width: Math.max(1, x(q(qs, 0.75)) - x(q(qs, 0.25))),
-        height: 24, class: "box class-" + i, "data-label": label }));
+        height: 24, class: "box class-" + (names.length === 1 ? 1 : i), "data-label": name }));
       chart.append(svg("line", { x1: x(q(qs, 0.5)), x2: x(q(qs, 0.5)), y1: y - 12, y2: y + 12, class: "median" }));
     });
-    const base = top + rowH * 2;
-    if (row.threshold !== null && row.threshold !== undefined) {
-      chart.append(svg("line", { x1: x(row.threshold), x2: x(row.threshold), y1: top - 10, y2: base, class: "threshold",
-        id: "threshold-line", "data-value": row.threshold }));
-      chart.append(svg("text", { x: inside(x(row.threshold), width, thresholdLabel(row)), y: top - 14,
-        "text-anchor": "middle", class: "small" }, thresholdLabel(row)));
+    const base = top + rowH * names.length;
+    if (cut) {
+      const text = cut.label + (ev.threshold ? " " + fmt(cut.value) : "");
+      chart.append(svg("line", { x1: x(cut.value), x2: x(cut.value), y1: top - 10, y2: base, class: "threshold",
+        id: "threshold-line", "data-value": cut.value }));
+      chart.append(svg("text", { x: inside(x(cut.value), width, text), y: top - 14, "text-anchor": "middle",
+        class: "small" }, text));
     }
-    chart.append(svg("path", { d: `M ${x(row.score)} ${base + 4} l -7 12 l 14 0 z`, class: "marker",
-      id: "score-marker", "data-value": row.score }));
-    chart.append(svg("text", { x: inside(x(row.score), width, "this image: " + fmt(row.score)), y: base + 30,
-      "text-anchor": "middle" }, "this image: " + fmt(row.score)));
-    const unit = model.score_unit;
-    return el("figure", {}, chart, el("figcaption", {}, "This image's " + unit + " (triangle) against the " +
-      "validation images the threshold was calibrated on: each box holds the middle half of a class's scores, " +
-      "its whiskers reach the lowest and highest, the line in it is the median."));
+    chart.append(svg("path", { d: `M ${x(value)} ${base + 4} l -7 12 l 14 0 z`, class: "marker",
+      id: "score-marker", "data-value": value }));
+    chart.append(svg("text", { x: inside(x(value), width, "this image: " + fmt(value)), y: base + 30,
+      "text-anchor": "middle" }, "this image: " + fmt(value)));
+    return el("figure", {}, chart, el("figcaption", {}, "This image's " + ev.label + " (triangle" +
+      (log ? ", on a log scale" : "") + ") against the " + names.map((n) => n + " (" +
+      ev.distributions[n].count + ")").join(" and ") + ": each box holds the middle half of its values, its " +
+      "whiskers reach the lowest and the highest, the line in it is the median" +
+      (cut ? "; the dashed line is the " + (ev.threshold ? cut.label : "decision threshold") : "") + "."));
   }
 
   // a score and its threshold on one line (no stored distributions)
