@@ -304,9 +304,10 @@ class ZooModule(pl.LightningModule):
         """The distributions a reader draws a row's value against (JSON-able); ``{}`` where the model keeps none.
 
         The keys: ``column`` (the row's column the values are in the units of), ``label`` (what that value is),
-        ``scale`` (``linear`` or ``log``), ``distributions`` (name -> ``count``, ``quantile_levels`` and
-        ``quantiles``, evenly spaced from the lowest to the highest) and, where the decision is a cut on that
-        value and the row does not carry it, ``threshold`` (``value`` and ``label``).
+        ``about`` (what the distributions are, in a few words), ``scale`` (``linear`` or ``log``),
+        ``distributions`` (name -> ``count``, ``quantile_levels`` and ``quantiles``, evenly spaced from the lowest
+        to the highest) and, where the decision is a cut on that value and the row does not carry it,
+        ``threshold`` (``value`` and ``label``).
 
         By default: the validation scores of each class stored when the threshold was calibrated, as a row's
         ``score`` (a logit becomes the probability a row states). A method that decides against a reference of
@@ -325,6 +326,7 @@ class ZooModule(pl.LightningModule):
         return {
             "column": "score",
             "label": f"probability {task.positive}" if task.score_is_logit else "score",
+            "about": "the validation scores the threshold was calibrated on",
             "scale": "linear",
             "distributions": {
                 label: {"count": int(count), "quantile_levels": levels,

@@ -203,7 +203,7 @@ class InversionAttribution(ZooModule):
             return {}
         quantiles = test.quantiles.detach().cpu()
         levels = torch.linspace(0, 1, len(quantiles)).tolist()
-        where = f"at significance {test.alpha:g}"
+        where = f"(significance {test.alpha:g})"
         if self.complexity_correction:
             # the score falls as the loss rises: the loss quantile at level p is the score quantile at 1 - p
             column, label, scale = "score", "score (minus the belonging test's statistic)", "linear"
@@ -213,9 +213,9 @@ class InversionAttribution(ZooModule):
             column, label, scale = "loss", "reconstruction loss", "log"
             values = quantiles.tolist()
             threshold = {"value": test.critical_loss(), "label": f"critical loss {where}"}
-        return {"column": column, "label": label, "scale": scale, "threshold": threshold, "distributions": {
-            "the model's own images (calibration)": {"count": int(test.count), "quantile_levels": levels,
-                                                     "quantiles": values}}}
+        return {"column": column, "label": label, "about": "the model's own images it was calibrated on",
+                "scale": scale, "threshold": threshold, "distributions": {
+                    "calibration images": {"count": int(test.count), "quantile_levels": levels, "quantiles": values}}}
 
     def predict_batch(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         if not self.belonging.fitted:
