@@ -298,8 +298,8 @@ class BelongingTest(nn.Module):
         self.mean.fill_(float(logs.mean()))
         self.std.fill_(max(float(logs.std()), 1e-6))
         self.count.fill_(n)
-        self.quantiles.copy_(torch.quantile(losses.detach().flatten().double().cpu(), torch.linspace(0, 1, LOSS_QUANTILES,
-                                                                                       dtype=torch.float64)))
+        levels = torch.linspace(0, 1, LOSS_QUANTILES, dtype=torch.float64)
+        self.quantiles.copy_(torch.quantile(losses.detach().flatten().double().cpu(), levels))
 
     def _spread(self) -> float:
         n = int(self.count)
