@@ -67,12 +67,15 @@ def cmd_embed(argv: list[str]) -> int:
 
 
 def cmd_index(argv: list[str]) -> int:
-    """Build the FAISS index (flat, IVF or IVF-PQ) of an embedded gallery."""
-    from zoo.gallery.index import INDEX_TYPES, build_index
+    """Build the FAISS index (flat, IVF or IVF-PQ) of an embedded gallery: in one process (the default), or in
+    three steps any worker can run (--train, --part i/N, --merge), or in parts on local processes (--workers K)."""
+    from jsonargparse import ActionYesNo
+
+    from zoo.gallery import index as gallery_index
 
     parser = _parser("zoo index", cmd_index.__doc__)
     parser.add_argument("--gallery", type=str, required=True, help="output folder of `zoo embed`")
-    parser.add_argument("--index_type", type=str, default="auto", help=", ".join(INDEX_TYPES))
+    parser.add_argument("--index_type", type=str, default="auto", help=", ".join(gallery_index.INDEX_TYPES))
     parser.add_argument("--flat_max", type=int, default=200_000, help="auto: largest gallery indexed exactly")
     parser.add_argument("--nlist", type=int | None, default=None, help="IVF lists (default: power of 2 near sqrt N)")
     parser.add_argument("--pq_m", type=int, default=64, help="PQ sub-quantisers")
@@ -83,10 +86,42 @@ def cmd_index(argv: list[str]) -> int:
     parser.add_argument("--samples_per_list", type=int, default=64)
     parser.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train", action=ActionYesNo, default=False,
+                        help="step 1: write the trained, empty index (index.trained.faiss)")
+    parser.add_argument("--part", type=str | None, default=None,
+                        help="step 2: part i/N (0 <= i < N) from its range of shards; the options are --train's")
+    parser.add_argument("--merge", action=ActionYesNo, default=False,
+                        help="step 3: merge the N parts into one index with its lists on disk")
+    parser.add_argument("--workers", type=int | None, default=None,
+                        help="train, build K parts in K local processes, merge them on disk")
     cfg = _parse(parser, argv)
-    path = build_index(cfg.gallery, cfg.index_type, cfg.flat_max, cfg.nlist, cfg.pq_m, cfg.pq_bits, cfg.opq,
-                       cfg.train_size, cfg.samples_per_list, cfg.nprobe, cfg.seed)
-    print(f"indexed {cfg.gallery} into {path}")
+    steps = [name for name, given in (("--train", cfg.train), ("--part", cfg.part is not None),
+                                      ("--merge", cfg.merge), ("--workers", cfg.workers is not None)) if given]
+    if len(steps) > 1:
+        raise ZooError(f"zoo index: give one of {', '.join(steps)}, not several")
+    options = {"index_type": cfg.index_type, "flat_max": cfg.flat_max, "nlist": cfg.nlist, "pq_m": cfg.pq_m,
+               "pq_bits": cfg.pq_bits, "opq": cfg.opq, "train_size": cfg.train_size,
+               "samples_per_list": cfg.samples_per_list, "nprobe": cfg.nprobe, "seed": cfg.seed}
+    if cfg.train:
+        path = gallery_index.train_index(cfg.gallery, **options)
+        print(f"trained {path}")
+    elif cfg.part is not None:
+        part, parts = gallery_index.parse_part(cfg.part)
+        info = gallery_index.build_part(cfg.gallery, part, parts)
+        first, stop = info["shards"]
+        print(f"part {part}/{parts} of {cfg.gallery}: shards {first}..{stop - 1}, {info['count']} descriptors"
+              + (" (already built; kept)" if info["skipped"] else ""))
+    elif cfg.merge:
+        path = gallery_index.merge_parts(cfg.gallery)
+        print(f"merged the parts of {cfg.gallery} into {path} (lists on disk: {gallery_index.ONDISK_LISTS})")
+    elif cfg.workers is not None:
+        reports = gallery_index.build_local(cfg.gallery, cfg.workers, **options)
+        kept = sum(info["skipped"] for info in reports)
+        print(f"indexed {cfg.gallery} in {len(reports)} parts ({kept} kept from an earlier run), merged into "
+              f"{cfg.gallery}/{gallery_index.INDEX_FILE} (lists on disk: {gallery_index.ONDISK_LISTS})")
+    else:
+        path = gallery_index.build_index(cfg.gallery, **options)
+        print(f"indexed {cfg.gallery} into {path}")
     return 0
 
 

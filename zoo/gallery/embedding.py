@@ -11,7 +11,7 @@ that ``zoo match`` re-ranks with the same weights.
 from __future__ import annotations
 
 import math
-import os
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -38,6 +38,16 @@ from zoo.gallery.shards import (
     write_json,
     write_shard,
 )
+
+
+def rank_shards(num_shards: int, rank: int, world_size: int) -> range:
+    """The shards rank ``rank`` of ``world_size`` writes: ``k % world_size == rank``.
+
+    Lightning numbers the processes of ``num_nodes`` nodes of ``devices`` each from 0 to
+    ``num_nodes * devices - 1`` (``node_rank * devices + local_rank``), so over every rank of every node each
+    shard has exactly one writer, and its file name (``shard-0000k``) is its own.
+    """
+    return range(rank, num_shards, world_size)
 
 
 class ShardStream(IterableDataset):
@@ -92,7 +102,7 @@ class _GalleryData(pl.LightningDataModule):
         rank, world = self.trainer.global_rank, self.trainer.world_size
         num_shards = math.ceil(len(self.catalog) / self.shard_size)
         todo = []
-        for k in range(rank, num_shards, world):
+        for k in rank_shards(num_shards, rank, world):
             count = min(self.shard_size, len(self.catalog) - k * self.shard_size)
             problem = shard_problem(self.output, k, count)
             if problem and problem != "missing or unfinished":
@@ -153,11 +163,11 @@ def _mark_complete(output: Path) -> None:
 
 def _check_writable(output: Path) -> None:
     """Create ``output`` and write a file there, or a ZooError naming the folder."""
-    probe = output / f".write-test-{os.getpid()}"
     try:
         output.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        # a name of its own: ranks on other nodes, sharing this folder, may run under the same process id
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".write-test-"):
+            pass
     except OSError as err:
         raise ZooError(f"--output {output} cannot be written: {err.strerror or err}") from err
 

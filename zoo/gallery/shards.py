@@ -198,14 +198,100 @@ def check_shards(directory: Path, manifest: Mapping[str, Any]) -> list[str]:
     return checksums
 
 
-def gallery_vectors(gallery: Path, manifest: Mapping[str, Any], positions: np.ndarray) -> Tensor:
-    """Descriptors at global ``positions`` (any shape; -1 gives zeros), read shard by shard."""
+def _data_offset(path: Path, handle: Any) -> tuple[dict[str, Any], int]:
+    """The safetensors header of an open shard file and the byte offset of its ``embeddings``, checked."""
+    size = int.from_bytes(handle.read(8), "little")
+    try:
+        header = json.loads(handle.read(size))
+        entry = header["embeddings"]
+        start = int(entry["data_offsets"][0])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ZooError(f"gallery shard {path} cannot be read: its header is corrupt ({err})") from err
+    return header, 8 + size + start
+
+
+def read_rows(directory: Path, k: int, rows: np.ndarray) -> tuple[list[str], Tensor]:
+    """The ids and float32 descriptors of the given rows of shard ``k``, read from a memory map of the file.
+
+    Only the pages of those rows are read, so the memory is bounded by the rows, not by the shard: this is how
+    ``zoo match`` reads the candidates it re-ranks. The whole file's checksum is not computed here (that would
+    read the shard whole); ``zoo index`` checked it, and ``read_index`` refuses an index whose shard manifests
+    changed since. The file's length is checked against its header.
+
+    Raises:
+        ZooError: the shard or its manifest is missing, or its header disagrees with the file.
+    """
+    path = directory / f"{shard_name(k)}.safetensors"
+    try:
+        with open(path, "rb") as handle:
+            header, offset = _data_offset(path, handle)
+        ids = json.loads(header["__metadata__"]["ids"])
+        entry = header["embeddings"]
+        dtype = {"F16": np.float16, "F32": np.float32}[entry["dtype"]]
+        shape = tuple(int(x) for x in entry["shape"])
+        if len(shape) != 2 or len(ids) != shape[0] or path.stat().st_size < offset + shape[0] * shape[1] * np.dtype(dtype).itemsize:
+            raise ValueError(f"{len(ids)} ids, shape {shape}, {path.stat().st_size} bytes")
+        data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        vectors = torch.from_numpy(np.asarray(data[rows], dtype=np.float32))
+        del data
+    except FileNotFoundError as err:
+        raise ZooError(f"gallery shard {path} is missing; run `zoo embed` again") from err
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+        raise ZooError(f"gallery shard {path} cannot be read: {err}") from err
+    except OSError as err:
+        raise ZooError(f"gallery shard {path} cannot be read: {err.strerror or err}") from err
+    return [ids[r] for r in rows.tolist()], vectors
+
+
+def gallery_rows(gallery: Path, manifest: Mapping[str, Any], positions: np.ndarray) -> tuple[np.ndarray, Tensor]:
+    """Ids and descriptors at global ``positions`` (any shape; -1 gives ``""`` and zeros), read by row.
+
+    Position ``p`` is row ``p % shard_size`` of shard ``p // shard_size``: only the rows asked for are read.
+    """
     flat = positions.reshape(-1)
     dim = shard_info(gallery, 0)["dim"]
     out = torch.zeros(len(flat), dim)
-    size, counts = manifest["shard_size"], shard_counts(manifest)
+    ids = np.full(len(flat), "", dtype=object)
+    size = manifest["shard_size"]
     for k in np.unique(flat[flat >= 0] // size):
-        mask = (flat >= 0) & (flat // size == k)
-        _, embeddings = read_shard(gallery, int(k), counts[k])
-        out[torch.from_numpy(np.nonzero(mask)[0])] = embeddings[torch.from_numpy(flat[mask] % size)]
-    return out.reshape(*positions.shape, -1)
+        where = np.nonzero((flat >= 0) & (flat // size == k))[0]
+        shard_ids, vectors = read_rows(gallery, int(k), flat[where] % size)
+        out[torch.from_numpy(where)] = vectors
+        ids[where] = shard_ids
+    return ids.reshape(positions.shape), out.reshape(*positions.shape, -1)
+
+
+def gallery_vectors(gallery: Path, manifest: Mapping[str, Any], positions: np.ndarray) -> Tensor:
+    """Descriptors at global ``positions`` (any shape; -1 gives zeros), read by row (see ``gallery_rows``)."""
+    return gallery_rows(gallery, manifest, positions)[1]
+
+
+def shard_ids(directory: Path, k: int) -> list[str]:
+    """The ids of shard ``k``, from its header alone (the descriptors are not read)."""
+    path = directory / f"{shard_name(k)}.safetensors"
+    try:
+        with open(path, "rb") as handle:
+            header, _ = _data_offset(path, handle)
+        return json.loads(header["__metadata__"]["ids"])
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise ZooError(f"gallery shard {path} cannot be read: {err}") from err
+    except OSError as err:
+        raise ZooError(f"gallery shard {path} cannot be read: {err.strerror or err}") from err
+
+
+def gallery_digest(directory: Path, manifest: Mapping[str, Any]) -> str:
+    """sha256 naming one embedded gallery: its model, ids, shard layout and every shard's recorded checksum.
+
+    Read from the manifests alone (no shard is read), so every step of a distributed ``zoo index`` can check
+    cheaply that its inputs come from the same gallery.
+    """
+    counts = shard_counts(manifest)
+    shards = []
+    for k in range(len(counts)):
+        try:
+            shards.append(shard_info(directory, k)["sha256"])
+        except (ZooError, KeyError) as err:
+            raise ZooError(f"gallery shard {directory / shard_name(k)}.json: missing or corrupt; "
+                           "run `zoo embed` again") from err
+    identity = {key: manifest.get(key) for key in ("model_sha256", "ids_sha256", "count", "shard_size", "dtype")}
+    return hashlib.sha256(json.dumps({**identity, "shards": shards}, sort_keys=True).encode()).hexdigest()
