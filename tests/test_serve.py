@@ -59,6 +59,18 @@ def cgi_dm_args(unets: Path) -> list[str]:
             "--model.steps", "1", "--model.encoder", "open_clip:zoo-tiny-clip", "--model.encoder_pretrained", "false"]
 
 
+def embedded_gallery(root: Path) -> dict[str, Path]:
+    """The README's CPU example gallery (scikit-image photographs and edited copies), embedded and indexed."""
+    from zoo.gallery import build_index, embed, load_method
+    from zoo.gallery.example import write_example
+
+    data = write_example(root / "data")
+    embed(data["gallery"], root / "embedded", load_method("DescriptorSimilarity", "tiny"), batch_size=8,
+          trainer={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False})
+    build_index(root / "embedded")
+    return {**data, "embedded": root / "embedded"}
+
+
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory) -> Path:
     return calibrated_detector(tmp_path_factory.mktemp("detector"))
@@ -331,3 +343,62 @@ def test_attribution_evidence_is_the_calibration_losses_and_travels_with_the_che
         assert older.get("/models/InversionAttribution").json()["evidence"] == {}
         response = post(older, [("images", ("a.png", png("astronaut"), "image/png"))], model="InversionAttribution")
         assert response.status_code == 200 and response.json()["rows"][0]["p_value"] == pytest.approx(row["p_value"])
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory) -> dict[str, Path]:
+    return embedded_gallery(tmp_path_factory.mktemp("gallery"))
+
+
+def test_a_gallery_answers_zoo_matchs_rows_with_the_top_k_as_thumbnails(gallery, tmp_path, capsys):
+    import csv
+
+    assert main(["match", "--gallery", str(gallery["embedded"]), "--generated", f"edits={gallery['generated']}",
+                 "--output", str(tmp_path / "m"), "--trainer.accelerator", "cpu",
+                 "--trainer.enable_progress_bar", "false"]) == 0
+    expected = {r["id"]: r for r in csv.DictReader((tmp_path / "m" / "matches.csv").open())}
+    app, _ = build(["--gallery", str(gallery["embedded"]), "--gallery_k", "4"])
+    with TestClient(app) as served:
+        [model] = served.get("/models").json()
+        assert (model["name"], model["method"], model["task"], model["inputs"]) == (
+            "gallery", "DescriptorSimilarity", "copy_detection", ["images"])
+        assert model["gallery"] == {"images": 8, "k": 4} and str(tmp_path) not in json.dumps(model)
+        files = [("images", (f.name, f.read_bytes(), "image/png")) for f in sorted(gallery["generated"].iterdir())]
+        response = post(served, files, model="gallery")
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert str(gallery["embedded"].parent) not in response.text  # no server path, only ids and tokens
+        assert len(answer["rows"]) == len(answer["candidates"]) == len(expected) == 6
+        for row, candidates in zip(answer["rows"], answer["candidates"], strict=True):
+            want = expected[row["id"]]  # the same row zoo match writes for that image, its generator aside
+            assert list(row) == [c for c in want if c != "generator"]
+            for column, value in row.items():
+                if column in ("id", "match_id"):
+                    assert value == want[column], column
+                elif want[column] == "":  # a method without a PDF: zoo match leaves its cells empty
+                    assert value is None, column
+                else:
+                    assert value == pytest.approx(float(want[column]), abs=1e-4), (row["id"], column)
+            # its top 4, best first: the row's match heads them, levels fall (cosine breaks ties)
+            assert len(candidates) == 4 and candidates[0]["id"] == row["match_id"]
+            assert candidates[0]["level"] == row["level"] and candidates[0]["exact_copy"] == row["exact_copy"]
+            keys = [(-c["level"], -c["similarity"]) for c in candidates[1:]]
+            assert keys == sorted(keys)
+            for candidate in candidates:
+                assert re.fullmatch(r"/artifacts/[0-9a-f]{32}/\d+\.png", candidate["thumbnail"])
+                picture = served.get(candidate["thumbnail"])
+                assert picture.status_code == 200 and Image.open(io.BytesIO(picture.content)).size == (128, 128)
+        assert {r["id"] for r in answer["rows"] if r["exact_copy"] == 1} == {"identical_astronaut", "lossless_chelsea"}
+        pair = post(served, [("generated", ("g.png", png("coffee"), "image/png"))], model="gallery")
+        assert pair.status_code == 400 and "unknown form field(s) 'generated'" in pair.json()["error"]
+        captioned = post(served, [("images", ("g.png", png("coffee"), "image/png")), ("captions", (None, "a cat"))],
+                         model="gallery")
+        assert captioned.status_code == 400 and captioned.json()["error"] == (
+            "unknown form field(s) 'captions'; gallery takes images")
+    capsys.readouterr()
+    assert main(["serve", "--gallery", str(gallery["gallery"])]) == 2  # the images, not an embedded gallery
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(gallery["gallery"]) in err, err
+    assert main(["serve"]) == 2  # nothing to serve
+    assert capsys.readouterr().err == ("zoo: error: give --ckpt_path, --model or --gallery: what to serve (see zoo "
+                                       "serve --help)\n")

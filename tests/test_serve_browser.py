@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 from skimage import data as photos
-from test_serve import calibrated_detector, tiny_unets
+from test_serve import calibrated_detector, embedded_gallery, tiny_unets
 
 from zoo import registry
 from zoo.module import ZooModule, seeded
@@ -30,10 +30,11 @@ NAME = "<b>astronaut<i> & co.png"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """One zoo serve process-in-a-thread on a free loopback port with a model of every task."""
+    """One zoo serve process-in-a-thread on a free loopback port with a model of every task, and a gallery."""
     import uvicorn
 
     from zoo.serve import Served, create_app
+    from zoo.serve.gallery import Gallery
 
     root = tmp_path_factory.mktemp("serve")
     unets = tiny_unets(root / "unets")
@@ -50,6 +51,8 @@ def server(tmp_path_factory):
         Served("InversionAttribution", registry.methods.load("InversionAttribution").from_variant("tiny"),
                variant="tiny"),
     ]
+    gallery = Gallery(embedded_gallery(root / "gallery")["embedded"], k=4)
+    served.append(Served("gallery", gallery.method, gallery=gallery))
     server = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -105,9 +108,23 @@ def _evidence(driver, task: str) -> None:
         picture = driver.find_element(By.ID, "artifact")
         assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", picture) > 0
         assert find(By.ID, "score-marker") and find(By.ID, "threshold-line")
+    elif task == "gallery":
+        matches = find(By.CSS_SELECTOR, "#gallery-matches li.match")
+        assert len(matches) == 4  # the top 4, each a gallery picture with its level
+        for match in matches:
+            picture = match.find_element(By.CSS_SELECTOR, "img.thumb")
+            assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", picture) > 0
+            assert 0 <= float(match.get_attribute("data-level")) <= 5 and "level " in match.text
+        assert "against the gallery's " in driver.find_element(By.CSS_SELECTOR, ".answer .verdict").text
     else:
         marker = driver.find_element(By.ID, "pvalue-marker")
         assert 0 <= float(marker.get_attribute("data-value")) <= 1
+        # the loss against the model's own calibration losses (one box), with the test's critical loss
+        drawing = driver.find_element(By.ID, "evidence-distribution")
+        assert drawing.get_attribute("data-column") == "loss"
+        assert len(find(By.CSS_SELECTOR, "#evidence-distribution rect.box")) == 1
+        assert float(driver.find_element(By.ID, "score-marker").get_attribute("data-value")) > 0
+        assert float(driver.find_element(By.ID, "threshold-line").get_attribute("data-value")) > 0
 
 
 @pytest.mark.parametrize(("model", "task", "flag"), [
@@ -115,6 +132,7 @@ def _evidence(driver, task: str) -> None:
     ("PDFEmbedding", "copy_detection", "UNTRAINED"),
     ("CGIDM", "copyright", "UNCALIBRATED"),
     ("InversionAttribution", "attribution", "TINY"),
+    ("gallery", "gallery", "TINY"),
 ])
 def test_each_task_page_shows_the_verdict_and_its_evidence(server, browser, photographs, model, task, flag,
                                                           tmp_path):
@@ -140,7 +158,9 @@ def test_each_task_page_shows_the_verdict_and_its_evidence(server, browser, phot
     verdict = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, ".answer .verdict")))
     assert verdict.text and not verdict.text.startswith("Not scored"), verdict.text
     heading = browser.find_element(By.CSS_SELECTOR, ".answer h2").text
-    assert NAME in heading and not browser.find_elements(By.CSS_SELECTOR, ".answer h2 b, .answer h2 i")  # shown, not parsed
+    shown = NAME.removesuffix(".png") if task == "gallery" else NAME  # a gallery row's id: zoo match's, no suffix
+    # shown, not parsed
+    assert shown in heading and not browser.find_elements(By.CSS_SELECTOR, ".answer h2 b, .answer h2 i")
     _evidence(browser, task)
     assert browser.find_element(By.ID, "not-meant").text
     browser.save_screenshot(str(tmp_path / f"{task}-1280.png"))

@@ -12,6 +12,7 @@ from typing import Any
 from zoo.errors import ZooError
 
 LOOPBACK_NAMES = ("localhost",)
+GALLERY_NAME = "gallery"  # the URL name of a served gallery (a method's name is its class's: no clash)
 
 
 def is_loopback(host: str) -> bool:
@@ -49,11 +50,14 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zoo serve", allow_abbrev=False,
                 description="Serve models over HTTP: an API that answers with zoo predict's rows, and a web page "
                 "per model at http://HOST:PORT/. Override a method argument with --model.<arg> VALUE.")
-    which = p.add_mutually_exclusive_group(required=True)
+    which = p.add_mutually_exclusive_group()
     which.add_argument("--ckpt_path", action="append", help="a zoo checkpoint folder, a run folder of zoo fit, "
                        "hf-hub:org/name, or a short name of `zoo list --pretrained`; repeat it to serve several")
     which.add_argument("--model", help="a registered method by name (a method that trains is refused unless "
                        "--untrained)")
+    p.add_argument("--gallery", help="a gallery folder of zoo embed + zoo index: served as the model named "
+                   "'gallery', scored by the gallery's own method, it shows a generated image's best gallery matches")
+    p.add_argument("--gallery_k", type=_whole(1), default=10, help="gallery candidates per image (zoo match --k)")
     p.add_argument("--variant", help="a named variant of --model (e.g. tiny)")
     p.add_argument("--untrained", action="store_true", help="with --model: serve a method that trains, unfitted, "
                    "on purpose; every row and page then says untrained")
@@ -88,13 +92,23 @@ def build(argv: list[str]) -> tuple[Any, argparse.Namespace]:
                   "models and send them files", file=sys.stderr)
     if args.api_key is not None and not args.api_key.strip():
         raise ZooError("--api_key is empty")
+    if not (args.ckpt_path or args.model or args.gallery):
+        raise ZooError("give --ckpt_path, --model or --gallery: what to serve (see zoo serve --help)")
     device = _device(args.device) if args.device else None
-    served = [*_from_checkpoints(args.ckpt_path, overrides, args)] if args.ckpt_path else [
-        _from_name(args, overrides)]
+    served = []
+    if args.ckpt_path:
+        served += _from_checkpoints(args.ckpt_path, overrides, args)
+    elif args.model:
+        served.append(_from_name(args, overrides))
+    elif args.variant is not None or args.untrained or overrides:
+        raise ZooError("--variant, --untrained and --model.<arg> go with --model")
+    if args.gallery:
+        served.append(_from_gallery(args.gallery, args.gallery_k))
     for s in served:
-        if not s.model.is_calibrated() or getattr(s.model, "untrained", False):
-            print(f"zoo serve: {s.name} is {'untrained' if getattr(s.model, 'untrained', False) else 'uncalibrated'}"
-                  ": its page and rows say so", file=sys.stderr)
+        untrained = getattr(s.model, "untrained", False)
+        if untrained or not s.model.is_calibrated():
+            said = "its page says so" if s.gallery is not None else "its page and rows say so"  # zoo match's rows don't
+            print(f"zoo serve: {s.name} is {'untrained' if untrained else 'uncalibrated'}: {said}", file=sys.stderr)
     limits = Limits(args.max_upload_bytes, args.max_pixels, args.max_files)
     app = create_app(served, limits=limits, api_key=args.api_key, device=device, batch_size=args.batch_size,
                      keep_uploads=Path(args.keep_uploads) if args.keep_uploads else None)
@@ -126,6 +140,19 @@ def _from_name(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
     if args.untrained:
         model.untrained = True
     return Served(args.model, model, variant=args.variant)
+
+
+def _from_gallery(folder: str, k: int) -> Any:
+    """The gallery, served under its own name and scored by its own method.
+
+    Its descriptors were made by the weights in its ``model/`` folder (checked against its fingerprint): only
+    that method can embed an image into the same space, whatever other models are served beside it.
+    """
+    from zoo.serve.gallery import Gallery
+    from zoo.serve.models import Served
+
+    gallery = Gallery(folder, k)
+    return Served(GALLERY_NAME, gallery.method, gallery=gallery)
 
 
 def _device(text: str) -> Any:

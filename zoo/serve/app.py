@@ -7,10 +7,13 @@ Endpoints:
     POST /models/<name>/predict       multipart: ``images`` (one or more files), or ``generated`` and ``real``
                                       (one real per generated, in order) for copy detection; optional
                                       ``captions`` (one text per image); answers {"model", "rows"}, the rows
-                                      and columns ``zoo predict`` writes for the same inputs
+                                      and columns ``zoo predict`` writes for the same inputs; for a gallery
+                                      (``--gallery``): ``images`` only, answered {"model", "rows",
+                                      "candidates"}, the rows ``zoo match`` writes and each image's top-k
     GET  /openapi.json                the schema
     GET  /  and  /ui/<name>           the pages (plain HTML, CSS and JS shipped in the package)
-    GET  /artifacts/<token>/<k>.png   a picture a method drew for a request (copyright's CGI-DM)
+    GET  /artifacts/<token>/<k>.png   a picture a method drew for a request (copyright's CGI-DM), or a
+                                      thumbnail of a gallery image a request matched
 
 A request never names a path on the server: an upload is decoded in memory, scored under a name the server
 makes up, and the pictures a method writes are served by a random token of the request that made them. The
@@ -136,6 +139,9 @@ def create_app(served: list[Served], *, limits: Limits | None = None, api_key: s
         yield
         for batcher in batchers.values():
             batcher.close()
+        for s in served:
+            if s.gallery is not None:
+                s.gallery.close()
         artifacts.close()
 
     app = FastAPI(title="zoo serve", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
@@ -192,7 +198,8 @@ def create_app(served: list[Served], *, limits: Limits | None = None, api_key: s
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                   "type": "object", "properties": {
                       "images": {"type": "array", "items": {"type": "string", "format": "binary"},
-                                 "description": "one or more images (every task but copy detection)"},
+                                 "description": "one or more images (every task but copy detection; the "
+                                                "generated images a gallery is searched for)"},
                       "generated": {"type": "array", "items": {"type": "string", "format": "binary"},
                                     "description": "copy detection: the generated images"},
                       "real": {"type": "array", "items": {"type": "string", "format": "binary"},
@@ -207,6 +214,9 @@ def create_app(served: list[Served], *, limits: Limits | None = None, api_key: s
         if keep_uploads is not None:
             _keep(keep_uploads, keep)
         frame = await asyncio.wrap_future(batchers[model.name].submit(items))
+        if model.gallery is not None:  # the rows zoo match writes, and beside them each image's candidates
+            candidates = frame.pop("candidates").tolist()
+            return {"model": model.name, "rows": _records(frame), "candidates": candidates}
         return {"model": model.name, "rows": _records(frame)}
 
     @app.get("/artifacts/{token}/{file}", summary="A picture a method drew for a request")
@@ -279,10 +289,12 @@ async def _read_request(request: Any, served: Served, limits: Limits) -> tuple[l
             from err
     try:
         fields = ("generated", "real") if served.pairs else ("images",)
-        unknown = sorted(set(form.keys()) - {*fields, "captions"})
+        captioned = served.gallery is None  # a gallery search reads no caption: one sent is refused, not dropped
+        unknown = sorted(set(form.keys()) - {*fields, *(("captions",) if captioned else ())})
         if unknown:
             raise Refused(400, f"unknown form field(s) {', '.join(map(repr, unknown))}; {served.name} takes "
-                          f"{' and '.join(fields)}" + ("" if served.pairs else " (and optional captions)"))
+                          f"{' and '.join(fields)}" + ("" if served.pairs or not captioned else
+                                                        " (and optional captions)"))
         uploads = [form.getlist(f) for f in fields]
         if not uploads[0]:
             raise Refused(400, f"no {fields[0]} uploaded; {served.name} takes "
@@ -375,6 +387,8 @@ def _keep(folder: Path, uploads: list[tuple[bytes, str]]) -> None:
 
 def _scorer(served: Served, artifacts: Artifacts, device: Any) -> Any:
     """What the model's batcher calls: ``zoo.predict.predict`` on the inputs of the requests it drew together."""
+    if served.gallery is not None:
+        return _gallery_scorer(served, artifacts)
     from zoo.predict import PAIR_COLUMNS, predict
 
     columns = PAIR_COLUMNS if served.pairs else ("path",)
@@ -395,6 +409,44 @@ def _scorer(served: Served, artifacts: Artifacts, device: Any) -> Any:
         return frame
 
     return score
+
+
+def _gallery_scorer(served: Served, artifacts: Artifacts) -> Any:
+    """What a gallery's batcher calls: the row ``zoo match`` writes for each image, and its candidates.
+
+    A candidate's picture is a thumbnail of the gallery image, read from where the gallery was embedded and
+    served by the request's token, like a method's pictures.
+    """
+    import pandas as pd
+
+    from zoo.serve.gallery import thumbnail
+
+    gallery = served.gallery
+
+    def score(named: list[_Named]) -> Any:
+        rows, matches = gallery.search([_stem(n.client[0]) for n in named], [n.item.sources[0] for n in named])
+        scratch = artifacts.scratch(served.name)
+        for n, row, found in zip(named, rows, matches, strict=True):
+            token, k, _ = n.item.names[0].split("-")
+            row["candidates"] = []
+            for j, match in enumerate(found):
+                url = None
+                if match.picture is not None:  # else it moved away since it was embedded: the id still says which
+                    picture = scratch / f"{token}-{k}-{j}.png"
+                    picture.write_bytes(thumbnail(match.picture))
+                    url = artifacts.add(token, int(k) * gallery.k + j, picture)
+                row["candidates"].append({"id": match.id, "similarity": match.similarity, "level": match.level,
+                                          "exact_copy": int(match.exact_copy),
+                                          "descriptor_identical": int(match.descriptor_identical), "thumbnail": url})
+        return pd.DataFrame(rows)
+
+    return score
+
+
+def _stem(name: str) -> str:
+    """A file name without its suffix: the id ``zoo match`` gives an image of a folder."""
+    base, dot, suffix = name.rpartition(".")
+    return base if dot and base and "/" not in suffix else name
 
 
 def _records(frame: Any) -> list[dict[str, Any]]:

@@ -20,15 +20,18 @@ class Served:
         name: its name in the URLs (``/models/<name>``).
         model: the ZooModule, loaded once.
         variant: the named variant it was built from (``--model``/``--variant``), or None for a checkpoint.
+        gallery: a ``zoo.serve.gallery.Gallery`` whose method ``model`` is: one generated image is then searched
+            in the gallery instead of compared with a real image.
     """
 
     name: str
     model: Any
     variant: str | None = None
+    gallery: Any = None
 
     @property
     def pairs(self) -> bool:
-        return self.model.task_spec.inputs == "pairs"
+        return self.gallery is None and self.model.task_spec.inputs == "pairs"
 
     def tiny(self) -> bool:
         """A ``tiny`` variant, asked for by name or recognised by its arguments in a checkpoint."""
@@ -48,7 +51,8 @@ class Served:
             "display_name": cls.display_name or cls.__name__,
             "paper": cls.paper,
             "task": task.name,
-            "question": task.question,
+            "question": ("which images of the gallery does this generated image replicate, and how much?"
+                         if self.gallery is not None else task.question),
             "inputs": ["generated", "real"] if self.pairs else ["images"],
             "positive": task.positive or None,
             "negative": task.negative or None,
@@ -60,6 +64,8 @@ class Served:
             "not_meant": task.caveat or NOT_MEANT_ANY,
             "score_unit": f"probability {task.positive}" if task.score_is_logit else "score",
             "evidence": self.model.evidence(),
+            # what is searched: the number of images and of candidates (never the server's folder)
+            "gallery": {"images": self.gallery.size, "k": self.gallery.k} if self.gallery is not None else None,
         }
 
     def card(self) -> str:

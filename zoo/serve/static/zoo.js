@@ -114,7 +114,7 @@ const ZooServe = (() => {
     if (pairs) {
       inputs.append(fileField("generated", "Generated image", false), fileField("real", "Real image", false));
     } else {
-      inputs.append(fileField("images", "Image(s)", true));
+      inputs.append(fileField("images", model.gallery ? "Generated image(s)" : "Image(s)", true));
     }
     form.hidden = false;
     form.addEventListener("submit", async (event) => {
@@ -135,7 +135,7 @@ const ZooServe = (() => {
         if (!response.ok) throw new Error(answer.error || response.statusText);
         // a model that calibrates on its first input (an attribution test) holds its evidence from then on
         model.evidence = (await getJSON("/models/" + encodeURIComponent(model.name))).evidence;
-        showAnswers(model, answer.rows);
+        showAnswers(model, answer.rows, answer.candidates);
         status.textContent = "Scored " + answer.rows.length + (answer.rows.length === 1 ? " input." : " inputs.");
       } catch (err) {
         status.textContent = "Refused: " + err.message;
@@ -146,13 +146,15 @@ const ZooServe = (() => {
   }
 
   // ------------------------------------------------------------------------------------------ answers
-  function showAnswers(model, rows) {
+  function showAnswers(model, rows, candidates) {
     const answers = document.getElementById("answers");
-    answers.replaceChildren(...rows.map((row) => answer(model, row)));
+    answers.replaceChildren(...rows.map((row, i) => answer(model, row, candidates ? candidates[i] : null)));
   }
 
   function inputName(row) {
-    return "path" in row ? row.path : row.generated + " against " + row.real;
+    if ("path" in row) return row.path;
+    if ("generated" in row) return row.generated + " against " + row.real;
+    return row.id;  // a gallery search: zoo match's id, the file name without its suffix
   }
 
   function verdictText(model, row) {
@@ -160,21 +162,24 @@ const ZooServe = (() => {
     if ("level" in row && row.level !== null) {
       const exact = row.exact_copy === 1 ? " (an exact copy: the same pixels)" : "";
       const uncal = row.uncalibrated ? " — from an unfitted level map, not a finding" : "";
-      return "Replication level " + fmt(row.level) + " of 5" + exact + uncal;
+      const of = "match_id" in row ? " against the gallery's " + row.match_id : "";
+      return "Replication level " + fmt(row.level) + " of 5" + of + exact + uncal;
     }
     if (row.verdict) return "Verdict: " + row.verdict;
     if (row.uncalibrated) return "No verdict: the model is uncalibrated (score " + fmt(row.score) + ")";
     return "Score " + fmt(row.score);
   }
 
-  function answer(model, row) {
+  function answer(model, row, candidates) {
     const box = el("article", { class: "answer" });
     box.append(el("h2", {}, inputName(row)));
     box.append(el("p", { class: "verdict" + (row.error ? " error" : ""), "data-verdict": row.verdict || "" },
       verdictText(model, row)));
     if (!row.error) {
       const evidence = el("div", { class: "evidence" });
-      if ("pdf_0" in row) evidence.append(pdfBars(row));
+      if ("pdf_0" in row) evidence.append(pdfBars(row, "pdf_"));
+      else if (row.p0 !== null && row.p0 !== undefined) evidence.append(pdfBars(row, "p"));
+      if (candidates) evidence.append(galleryMatches(candidates));
       const ev = model.evidence;
       if (ev && ev.distributions && row[ev.column] !== null && row[ev.column] !== undefined) {
         evidence.append(distributions(ev, row));
@@ -205,9 +210,9 @@ const ZooServe = (() => {
       el("table", {}, body));
   }
 
-  // the six-level PDF as bars, the chosen level marked
-  function pdfBars(row) {
-    const levels = [0, 1, 2, 3, 4, 5].filter((k) => ("pdf_" + k) in row);
+  // the six-level PDF as bars, the chosen level marked (zoo predict names its columns pdf_k, zoo match pk)
+  function pdfBars(row, prefix) {
+    const levels = [0, 1, 2, 3, 4, 5].filter((k) => (prefix + k) in row);
     const width = 600, height = 200, left = 40, bottom = 30, top = 16;
     const barW = (width - left - 10) / levels.length;
     const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", id: "evidence-pdf",
@@ -215,7 +220,7 @@ const ZooServe = (() => {
     chart.append(svg("title", {}, "Probability of each replication level"));
     chart.append(svg("line", { x1: left, y1: height - bottom, x2: width - 10, y2: height - bottom, class: "axis" }));
     levels.forEach((k, i) => {
-      const p = row["pdf_" + k] || 0;
+      const p = row[prefix + k] || 0;
       const h = p * (height - bottom - top);
       const chosen = k === ("level_argmax" in row ? row.level_argmax : Math.round(row.level));
       chart.append(svg("rect", { x: left + i * barW + 6, y: height - bottom - h, width: barW - 12, height: h,
@@ -230,6 +235,22 @@ const ZooServe = (() => {
     return el("figure", {}, chart, el("figcaption", {}, "The model's probability of each level (the darker bar: " +
       "the most probable)" +
       (facts.length ? "; " + facts.join(", ") : "") + "."));
+  }
+
+  // a generated image's top-k gallery matches, the row's match first: each gallery image with its level
+  function galleryMatches(candidates) {
+    const list = el("ol", { class: "matches", id: "gallery-matches" });
+    for (const c of candidates) {
+      const facts = "level " + fmt(c.level) + " · cosine " + fmt(c.similarity) +
+        (c.exact_copy ? " · an exact copy (the same pixels)" : "") +
+        (!c.exact_copy && c.descriptor_identical ? " · identical descriptors (says nothing of the pixels)" : "");
+      const picture = c.thumbnail ? el("img", { src: c.thumbnail, alt: "Gallery image " + c.id, class: "thumb" }) :
+        el("span", { class: "note" }, "(no longer readable where the gallery was embedded)");
+      list.append(el("li", { class: "match", "data-level": c.level }, picture,
+        el("span", { class: "match-id" }, c.id), el("span", { class: "note" }, facts)));
+    }
+    return el("figure", {}, list, el("figcaption", {}, "The gallery's " + candidates.length + " nearest images " +
+      "by cosine, the row's match first, then by the model's predicted replication level of each pair."));
   }
 
   // a centred label's x, kept inside the drawing so that a value at either end is not cut off (about 9 px a
@@ -276,8 +297,10 @@ const ZooServe = (() => {
       const d = ev.distributions[name];
       const qs = d.quantiles;
       const y = top + i * rowH + rowH / 2;
-      const short = name.length > 18 ? name.slice(0, 17) + "…" : name;
-      chart.append(svg("text", { x: left - 8, y: y + 4, "text-anchor": "end" }, short + " (" + d.count + ")"));
+      // the name over its count, each kept inside the left margin (about 8 px a character at 14 px)
+      const short = name.length > 19 ? name.slice(0, 18) + "…" : name;
+      chart.append(svg("text", { x: left - 8, y: y - 2, "text-anchor": "end", class: "small" }, short));
+      chart.append(svg("text", { x: left - 8, y: y + 14, "text-anchor": "end", class: "small" }, "(" + d.count + ")"));
       chart.append(svg("line", { x1: x(q(qs, 0)), x2: x(q(qs, 1)), y1: y, y2: y, class: "whisker" }));
       chart.append(svg("rect", { x: x(q(qs, 0.25)), y: y - 12, width: Math.max(1, x(q(qs, 0.75)) - x(q(qs, 0.25))),
         height: 24, class: "box class-" + (names.length === 1 ? 1 : i), "data-label": name }));
@@ -285,7 +308,7 @@ const ZooServe = (() => {
     });
     const base = top + rowH * names.length;
     if (cut) {
-      const text = cut.label + (ev.threshold ? " " + fmt(cut.value) : "");
+      const text = ev.threshold ? cut.label + ": " + fmt(cut.value) : cut.label;
       chart.append(svg("line", { x1: x(cut.value), x2: x(cut.value), y1: top - 10, y2: base, class: "threshold",
         id: "threshold-line", "data-value": cut.value }));
       chart.append(svg("text", { x: inside(x(cut.value), width, text), y: top - 14, "text-anchor": "middle",
@@ -296,8 +319,8 @@ const ZooServe = (() => {
     chart.append(svg("text", { x: inside(x(value), width, "this image: " + fmt(value)), y: base + 30,
       "text-anchor": "middle" }, "this image: " + fmt(value)));
     return el("figure", {}, chart, el("figcaption", {}, "This image's " + ev.label + " (triangle" +
-      (log ? ", on a log scale" : "") + ") against the " + names.map((n) => n + " (" +
-      ev.distributions[n].count + ")").join(" and ") + ": each box holds the middle half of its values, its " +
+      (log ? ", on a log scale" : "") + ") against " + ev.about + " (" + names.map((n) => n + ": " +
+      ev.distributions[n].count).join(", ") + "): each box holds the middle half of its values, its " +
       "whiskers reach the lowest and the highest, the line in it is the median" +
       (cut ? "; the dashed line is the " + (ev.threshold ? cut.label : "decision threshold") : "") + "."));
   }
