@@ -46,13 +46,11 @@ class Match:
 
 class Gallery:
     """An embedded, indexed gallery, opened once: its search (``zoo.gallery.match.GallerySearch``), its method and
-    its source images.
+    its source images. The method runs on the CPU, where ``score_pairs`` gives it the stored descriptors.
 
     Args:
         folder: the output folder of ``zoo embed`` and ``zoo index``.
         k: gallery candidates retrieved per image before the best is chosen (``zoo match --k``).
-
-    The method runs on the CPU, where ``score_pairs`` gives it the stored descriptors.
     """
 
     def __init__(self, folder: str | Path, k: int = 10) -> None:
