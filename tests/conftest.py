@@ -68,6 +68,18 @@ def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+def tiny_unets(root: Path) -> Path:
+    """Two random tiny pixel-space UNets (a "pretrained" and a "fine-tuned"), saved as CGI-DM reads them."""
+    from zoo.diffusion import tiny_scheduler, tiny_unet
+
+    torch.manual_seed(0)
+    for name in ("pre", "ft"):
+        unet = tiny_unet(conditional=False, in_channels=3, sample_size=8, block_out_channels=(8, 16), attention=False)
+        unet.save_pretrained(root / name / "unet")
+        tiny_scheduler().save_pretrained(root / name / "scheduler")
+    return root
+
+
 def subprocess_env(*paths: Path) -> dict[str, str]:
     """The environment of a ``zoo`` subprocess with ``paths`` on its PYTHONPATH."""
     env = dict(os.environ)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_unets
 from PIL import Image
 from skimage import data as photos
 
@@ -37,16 +38,7 @@ def _stderr_lines(capsys) -> list[str]:
 # ------------------------------------------------------------------------------------------ pictures
 @pytest.fixture(scope="module")
 def diffusion_pair(tmp_path_factory):
-    """Two random tiny pixel-space UNets (a "pretrained" and a "fine-tuned"), saved as CGI-DM reads them."""
-    from zoo.diffusion import tiny_scheduler, tiny_unet
-
-    root = tmp_path_factory.mktemp("unets")
-    torch.manual_seed(0)
-    for name in ("pre", "ft"):
-        unet = tiny_unet(conditional=False, in_channels=3, sample_size=8, block_out_channels=(8, 16), attention=False)
-        unet.save_pretrained(root / name / "unet")
-        tiny_scheduler().save_pretrained(root / name / "scheduler")
-    return root
+    return tiny_unets(tmp_path_factory.mktemp("unets"))
 
 
 def _cgi_dm(diffusion_pair) -> list[str]:

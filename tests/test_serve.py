@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_unets
 from fastapi.testclient import TestClient
 from PIL import Image
 from skimage import data as photos
@@ -40,18 +41,6 @@ def calibrated_detector(folder: Path) -> Path:
     model = registry.methods.load("CNNDetector").from_variant("tiny")
     fast_trainer().validate(model, datamodule=registry.datamodules.load("MiniFakeDetection")(), verbose=False)
     return model.save_pretrained(folder)
-
-
-def tiny_unets(root: Path) -> Path:
-    """Two random tiny pixel-space UNets (a "pretrained" and a "fine-tuned"), saved as CGI-DM reads them."""
-    from zoo.diffusion import tiny_scheduler, tiny_unet
-
-    torch.manual_seed(0)
-    for name in ("pre", "ft"):
-        unet = tiny_unet(conditional=False, in_channels=3, sample_size=8, block_out_channels=(8, 16), attention=False)
-        unet.save_pretrained(root / name / "unet")
-        tiny_scheduler().save_pretrained(root / name / "scheduler")
-    return root
 
 
 def cgi_dm_args(unets: Path) -> list[str]:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_unets
 from PIL import Image
 from skimage import data as photos
-from test_serve import calibrated_detector, embedded_gallery, tiny_unets
+from test_serve import calibrated_detector, embedded_gallery
 
 from zoo import registry
 from zoo.module import ZooModule, seeded
