@@ -75,14 +75,17 @@ def _match(work: str, queries: np.ndarray, k: int, threads: int) -> dict[str, An
 
     faiss.omp_set_num_threads(threads)
     torch.set_num_threads(threads)
-    before = _status_gb("VmHWM")
+    # RssFile counts the pages of mapped files (the index's lists, the shards' rows) the kernel may drop at will;
+    # RssAnon the process's own memory
+    before = {f"{name}_after_imports": _status_gb(field) for name, field in (
+        ("rss_gb", "VmHWM"), ("rss_anon_gb", "RssAnon"), ("rss_file_gb", "RssFile"))}
     search = GallerySearch(work)
     positions = []
     for start in range(0, len(queries), QUERY_CHUNK):
         found = search.search(torch.from_numpy(queries[start : start + QUERY_CHUNK]), k)
         positions.append(found.positions)
-    return {"rss_gb_after_imports": before, "peak_rss_gb": _status_gb("VmHWM"), "rss_anon_gb_at_end": _status_gb(
-        "RssAnon"), "positions": np.concatenate(positions)}
+    return {**before, "peak_rss_gb": _status_gb("VmHWM"), "rss_anon_gb_at_end": _status_gb("RssAnon"),
+            "rss_file_gb_at_end": _status_gb("RssFile"), "positions": np.concatenate(positions)}
 
 
 def fresh(function: Any, *args: Any) -> Any:
@@ -123,12 +126,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=str, default=None, help="where the shards go (default: a temp dir)")
     parser.add_argument("--reuse", action="store_true", help="keep the shards already in --workdir")
+    parser.add_argument("--match_only", type=int, nargs="+", default=None, metavar="QUERIES",
+                        help="only the on-disk search's memory, for each number of near-duplicate queries, against "
+                             "the merged index already in --workdir")
     parser.add_argument("--out", type=str, default=None, help="JSON result file")
     args = parser.parse_args()
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gallery-parts-"))
     source = ClusteredGallery(args.dim, args.latent, args.clusters, args.spread, args.noise, args.seed)
+    if args.match_only:
+        queries = query_sets(work, source, max(args.match_only), [0.3], np.random.default_rng(args.seed + 2))
+        figures = {}
+        for count in args.match_only:
+            matched = fresh(_match, str(work), queries["near-dup@0.3"][:count], 10, args.threads)
+            figures[f"queries_{count}"] = {key: value for key, value in matched.items() if key != "positions"}
+        write_result(args.out, "gallery_parts_match_memory", figures)
+        return
     options = {"index_type": "ivfpq", "nlist": args.nlist, "pq_m": args.pq_m, "pq_bits": 8, "opq": False,
                "train_size": args.train_size, "nprobe": args.nprobe, "seed": args.seed}
     figures: dict[str, Any] = {"gallery": args.gallery, "dim": args.dim, "shard_size": args.shard_size,
