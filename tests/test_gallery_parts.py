@@ -12,6 +12,7 @@ import torch
 import zoo.gallery as gallery
 from zoo import cli, registry
 from zoo.data import mini
+from zoo.errors import ZooError
 from zoo.gallery import index as gallery_index
 from zoo.gallery.embedding import rank_shards
 from zoo.gallery.match import GallerySearch, score_pairs
@@ -231,3 +232,19 @@ def test_embed_ranks_of_several_nodes_write_disjoint_shards(num_nodes: int, devi
     assert sorted(writers) == list(range(num_nodes * devices))
     written = sorted(k for shards in writers.values() for k in shards)
     assert written == list(range(num_shards))  # each shard (and so each file name) has exactly one writer
+
+
+def test_candidates_are_read_by_row_and_a_cut_shard_is_named(tmp_path: Path) -> None:
+    out = _synthetic(tmp_path / "g", count=1200, shard_size=500)
+    manifest = gallery.read_manifest(out)
+    positions = np.array([[1100, 3], [-1, 499]])
+    ids, vectors = gallery.shards.gallery_rows(out, manifest, positions)
+    assert ids.tolist() == [["v1100", "v3"], ["", "v499"]] and vectors.shape == (2, 2, 32)
+    every = torch.cat([e for _, _, e in gallery.iter_shards(out, manifest)])
+    torch.testing.assert_close(vectors[0, 0], every[1100])
+    assert not vectors[1, 0].any()
+    shard = out / "shard-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])  # cut short after zoo index checked it
+    with pytest.raises(ZooError, match=r"shard-00002.safetensors cannot be read: its header .* does not match "
+                                       r"the file's \d+ bytes"):
+        gallery.shards.gallery_rows(out, manifest, positions)

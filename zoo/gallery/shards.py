@@ -229,8 +229,10 @@ def read_rows(directory: Path, k: int, rows: np.ndarray) -> tuple[list[str], Ten
         entry = header["embeddings"]
         dtype = {"F16": np.float16, "F32": np.float32}[entry["dtype"]]
         shape = tuple(int(x) for x in entry["shape"])
-        if len(shape) != 2 or len(ids) != shape[0] or path.stat().st_size < offset + shape[0] * shape[1] * np.dtype(dtype).itemsize:
-            raise ValueError(f"{len(ids)} ids, shape {shape}, {path.stat().st_size} bytes")
+        needed = offset + shape[0] * shape[1] * np.dtype(dtype).itemsize if len(shape) == 2 else 0
+        if len(shape) != 2 or len(ids) != shape[0] or path.stat().st_size < needed:
+            raise ValueError(f"its header ({len(ids)} ids, descriptors {shape}) does not match the file's "
+                             f"{path.stat().st_size} bytes; run `zoo embed` again")
         data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
         vectors = torch.from_numpy(np.asarray(data[rows], dtype=np.float32))
         del data
