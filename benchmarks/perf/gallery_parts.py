@@ -38,7 +38,14 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
-from gallery_scale import Clock, ClusteredGallery, exact_top1, query_sets, write_gallery
+from gallery_scale import (
+    Clock,
+    ClusteredGallery,
+    add_gallery_arguments,
+    exact_top1,
+    query_sets,
+    write_gallery,
+)
 
 from zoo import gallery
 from zoo.bench.perf import write_result
@@ -107,13 +114,7 @@ def sha256(path: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gallery", type=int, default=4_000_000, help="gallery descriptors")
-    parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--latent", type=int, default=64, help="intrinsic dimension of the clustered gallery")
-    parser.add_argument("--clusters", type=int, default=1000)
-    parser.add_argument("--spread", type=float, default=0.5, help="cluster radius relative to the centres' norm")
-    parser.add_argument("--noise", type=float, default=0.1, help="isotropic noise relative to the centres' norm")
-    parser.add_argument("--shard_size", type=int, default=50_000)
-    parser.add_argument("--nlist", type=int, default=None, help="default: zoo index's (power of 2 near sqrt N)")
+    add_gallery_arguments(parser)
     parser.add_argument("--pq_m", type=int, default=96, help="96 bytes of code per descriptor at 8 bits")
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--train_size", type=int, default=None, help="default: zoo index's (64 per list)")

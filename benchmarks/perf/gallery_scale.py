@@ -234,10 +234,8 @@ def embed_figures(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gallery", type=int, default=1_000_000, help="gallery descriptors")
-    parser.add_argument("--queries", type=int, default=10_000, help="queries timed")
+def add_gallery_arguments(parser: argparse.ArgumentParser) -> None:
+    """The synthetic gallery's shape and the index's lists, as every gallery script takes them."""
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--latent", type=int, default=64, help="intrinsic dimension of the clustered gallery")
     parser.add_argument("--clusters", type=int, default=1000)
@@ -245,6 +243,13 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.1, help="isotropic noise relative to the centres' norm")
     parser.add_argument("--shard_size", type=int, default=50_000)
     parser.add_argument("--nlist", type=int, default=None, help="default: zoo index's (power of 2 near sqrt N)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gallery", type=int, default=1_000_000, help="gallery descriptors")
+    parser.add_argument("--queries", type=int, default=10_000, help="queries timed")
+    add_gallery_arguments(parser)
     parser.add_argument("--pq_m", type=int, default=96)
     parser.add_argument("--pq_bits", type=int, default=4, help="4: fast-scan PQ; 8: classic PQ")
     parser.add_argument("--opq", action="store_true")

@@ -207,7 +207,6 @@ def train_index(gallery: str | Path, index_type: str = "auto", flat_max: int = 2
     Returns:
         the path of ``index.trained.faiss``.
     """
-    import faiss
 
     gallery = Path(gallery)
     manifest = read_manifest(gallery)
@@ -233,14 +232,21 @@ def train_index(gallery: str | Path, index_type: str = "auto", flat_max: int = 2
             print(f"zoo index: {path} is already trained with these options; kept")
             return path
     index, params = _trained(gallery, manifest, **options)
-    tmp = gallery / f".{TRAINED_FILE}.tmp{os.getpid()}"
+    _write_index(index, path)
+    write_json(meta, {**params, "options": options, "gallery_sha256": digest, "sha256": sha256_file(path)})
+    return path
+
+
+def _write_index(index: Any, path: Path) -> None:
+    """Write a FAISS index to ``path`` through a temporary file beside it, so that no reader sees half of it."""
+    import faiss
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         faiss.write_index(index, str(tmp))
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:
+    except (OSError, RuntimeError) as err:  # faiss reports a failed write as a RuntimeError
         raise ZooError(f"cannot write {path}: {err}") from err
-    write_json(meta, {**params, "options": options, "gallery_sha256": digest, "sha256": sha256_file(path)})
-    return path
 
 
 def _read_trained(gallery: Path, manifest: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -301,12 +307,7 @@ def build_part(gallery: str | Path, part: int, parts: int) -> dict[str, Any]:
     index = faiss.read_index(str(gallery / TRAINED_FILE))
     for first, _, vectors in _batches(gallery, manifest, ADD_BATCH, shards):
         _add(index, trained["type"], vectors, first)
-    tmp = gallery / f".{path.name}.tmp{os.getpid()}"
-    try:
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:
-        raise ZooError(f"cannot write {path}: {err}") from err
+    _write_index(index, path)
     info = {**expected, "count": int(index.ntotal), "shard_sha256": checksums, "sha256": sha256_file(path)}
     write_json(meta, info)
     return {**info, "skipped": False}
