@@ -5,7 +5,7 @@ constructor arguments (and, for ``tiny``, its Trainer budget) become the parser'
 the command line and the config files give. ``--ckpt_path`` also takes a zoo checkpoint folder (or a run
 folder: its newest export), ``hf-hub:org/name`` or a short name of ``zoo list --pretrained``: without
 ``--model``, the method is then built from the checkpoint's ``config.json`` as data
-(``zoo.module.load_folder``), never parsed as a config that could name classes. Lightning ``.ckpt`` files
+(``zoo.checkpoint.load_folder``), never parsed as a config that could name classes. Lightning ``.ckpt`` files
 are read with ``weights_only=True``.
 
 A method with nothing to train (``trains = False``) is calibrated on the validation split by

@@ -6,7 +6,7 @@ level of each pair (``pair_from_embeddings``, e.g. PDF-Embedding's six-level PDF
 descriptors. That level is the method's own (its PDF or level map): equal descriptors are only flagged
 ``descriptor_identical``, never a level. A pair is an ``exact_copy`` (level 5) when the two images, read again
 from where they were embedded, have the same pixels at the model's input size. The method is the one saved in the gallery's ``model/`` folder, read as data with
-``zoo.module.load_folder``: nothing that ``gallery.json`` or ``model/config.json`` names is imported.
+``zoo.checkpoint.load_folder``: nothing that ``gallery.json`` or ``model/config.json`` names is imported.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Gallery search needs a method of the ``Retrieval`` protocol: ``embed(images)`` a
 named by its registry name (built with a fixed seed, so that a random or noise-initialised model is the
 same model when a killed ``zoo embed`` is run again), a zoo checkpoint folder or ``hf-hub:org/name``.
 A checkpoint, and the ``model/`` folder of an embedded gallery, are read with
-``zoo.module.load_folder``: only registered methods are built from them, nothing they name is imported.
+``zoo.checkpoint.load_folder``: only registered methods are built from them, nothing they name is imported.
 """
 
 from __future__ import annotations
